@@ -33,3 +33,11 @@ class NotFoundError(PermanentError):
 
 class RejectedRowsError(PermanentError):
     """Too many input rows were rejected; the output was not delivered."""
+
+
+class RetryAfterError(TransientError):
+    """A transient failure for which the server said how long to wait (seconds)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after

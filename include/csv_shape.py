@@ -1,0 +1,356 @@
+"""Shape Braze export records into the CSV a Lytics "Import CSV" job expects.
+
+Lytics' conventions (REFERENCE.md, "Lytics SFTP import"): a header that matches the job's
+sample file, in the same order, on every delivery; a timestamp on every record; UTF-8.
+Quoting follows RFC 4180 (CRLF line ends, fields with commas, quotes or newlines quoted,
+quotes doubled), so embedded commas, quotes and newlines survive.
+
+Rows without the id go to a quarantine CSV with the reason. Duplicate ids are resolved
+deterministically: the first occurrence in export order (members in name order, lines in
+order) is kept; later ones are quarantined as duplicates. Memory stays bounded: records
+stream through one at a time and duplicates are found from 8 bytes per row (a hash), with
+exact comparison only for the few rows whose hashes collide.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import shutil
+import zipfile
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from include.errors import ConfigError
+from include.export_files import detect_kind, iter_records, member_groups
+
+QUARANTINE_HEADER = ["source", "line", "reason", "record"]
+_BATCH = 2000
+
+
+@dataclass
+class ShapeStats:
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0  # missing id, malformed: counted against max_rejected_share
+    rows_duplicate: int = 0  # later occurrences of an id already written
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.rows_rejected + self.rows_duplicate
+
+    @property
+    def rejected_share(self) -> float:
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+
+def format_value(value) -> str:
+    """One CSV cell: '' for missing, true/false for booleans, compact JSON for objects/lists."""
+    if value is None:
+        return ""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int or kind is float:
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+def _compile_row(paths: list[tuple[str, ...]], timestamp_value: str):
+    """Build `record -> row` for this header as one flat function.
+
+    Shaping is the hot loop (millions of records); a generated function with each lookup
+    spelled out runs about twice as fast as walking the paths generically per record.
+    Field names only ever appear as string literals (repr), never as code.
+    """
+    lines = ["def row(r):"]
+    cells = []
+    parents: dict[tuple[str, ...], str] = {(): "r"}
+    for path in paths:
+        for depth in range(1, len(path)):
+            parent = path[:depth]
+            if parent not in parents:
+                name = f"p{len(parents)}"
+                lines.append(f"    {name} = {parents[parent[:-1]]}.get({parent[-1]!r})")
+                lines.append(f"    {name} = {name} if type({name}) is dict else EMPTY")
+                parents[parent] = name
+        v = f"v{len(cells)}"
+        lines.append(f"    {v} = {parents[path[:-1]]}.get({path[-1]!r})")
+        cells.append(f"{v} if type({v}) is str else fmt({v})")
+    lines.append(f"    return [{', '.join(cells)}, TS]")
+    namespace = {"EMPTY": {}, "fmt": format_value, "TS": timestamp_value}
+    exec("\n".join(lines), namespace)  # noqa: S102 - code built above from literals only
+    return namespace["row"]
+
+
+def _lookup(record: dict, path: tuple[str, ...]):
+    value = record
+    for key in path:
+        if type(value) is not dict:
+            return None
+        value = value.get(key)
+    return value
+
+
+class CsvShaper:
+    """Turns records into rows of a fixed header: mapped columns, then the timestamp column.
+
+    `columns` maps CSV column -> source field ("email", "custom_attributes.tier"); for
+    dashboard CSV input (`nested=False`) the source field is a header name taken literally.
+    """
+
+    def __init__(self, columns: dict[str, str], *, id_field: str, timestamp_column: str,
+                 timestamp_value: str, nested: bool = True):
+        if id_field not in columns.values():
+            raise ConfigError(
+                f"the id field {id_field!r} is not mapped to any CSV column; Lytics needs it in the file: "
+                f"add e.g. `user_id: {id_field}` under columns"
+            )
+        self._init_args = dict(columns=columns, id_field=id_field, timestamp_column=timestamp_column,
+                               timestamp_value=timestamp_value, nested=nested)
+        self.header = [*columns, timestamp_column]
+        self.id_field = id_field
+        self.id_index = list(columns.values()).index(id_field)
+        self.timestamp_value = timestamp_value
+        self.nested = nested
+        self._paths = [tuple(src.split(".")) if nested else (src,) for src in columns.values()]
+        self._id_path = tuple(id_field.split(".")) if nested else (id_field,)
+        self._row = _compile_row(self._paths, timestamp_value)
+
+    # --- record -> row ------------------------------------------------------------------------
+
+    def _id_problem(self, value) -> str | None:
+        if value is None:
+            return f"missing {self.id_field}"
+        if type(value) is str:
+            return None if value.strip() else f"empty {self.id_field}"
+        if type(value) is int:
+            return None
+        return f"{self.id_field} is not a string ({type(value).__name__})"
+
+    def _rows(self, records: Iterable[tuple], quarantine: _QuarantineRows, stats: ShapeStats) -> Iterator[list[str]]:
+        """Valid rows; everything else goes to quarantine with its reason.
+
+        `records` are `(source, line_no, payload)`: payload is an NDJSON line (bytes), a CSV
+        row (dict), or, for a CSV row with the wrong field count, its raw text (str).
+        This is the hot loop, so it is written flat, with locals instead of attributes.
+        """
+        loads, decode_error, make_row = orjson.loads, orjson.JSONDecodeError, self._row
+        id_path = self._id_path
+        id_key = id_path[0] if len(id_path) == 1 else None
+        read = 0
+        try:
+            for source, line_no, payload in records:
+                read += 1
+                if type(payload) is bytes:
+                    try:
+                        obj = loads(payload)
+                    except decode_error as exc:
+                        quarantine.add(source, line_no, f"invalid JSON: {exc}", _text(payload), stats)
+                        continue
+                    if type(obj) is not dict:
+                        quarantine.add(source, line_no, "not a JSON object", _text(payload), stats)
+                        continue
+                elif type(payload) is dict:
+                    obj = payload
+                else:
+                    quarantine.add(source, line_no, "wrong number of fields for the header", payload, stats)
+                    continue
+                value = obj.get(id_key) if id_key is not None else _lookup(obj, id_path)
+                if type(value) is not str or not value or value.isspace():
+                    problem = self._id_problem(value)
+                    if problem:
+                        raw = _text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
+                        quarantine.add(source, line_no, problem, raw, stats)
+                        continue
+                yield make_row(obj)
+        finally:
+            stats.rows_read += read
+
+    # --- one run of records -----------------------------------------------------------------
+
+    def __reduce__(self):
+        # Worker processes rebuild the shaper: its generated row function does not pickle.
+        return (_rebuild_shaper, (self._init_args,))
+
+    def write_part(self, records: Iterable[tuple], rows_path: Path, rejects_path: Path) -> tuple[ShapeStats, bytes]:
+        """Write rows and rejected rows (neither with a header); return counts and id hashes."""
+        stats = ShapeStats()
+        ids = array("q")  # hash of each written row's id, in row order: 8 bytes a row
+        id_index = self.id_index
+        with _QuarantineRows(rejects_path) as quarantine, open(rows_path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\r\n")
+            batch: list[list[str]] = []
+            for row in self._rows(records, quarantine, stats):
+                ids.append(hash(row[id_index]))
+                batch.append(row)
+                if len(batch) >= _BATCH:
+                    writer.writerows(batch)
+                    batch.clear()
+            writer.writerows(batch)
+        stats.rows_written = len(ids)
+        return stats, ids.tobytes()
+
+    def drop_duplicates(self, out_csv: Path, ids: array, duplicate_hashes: set[int], rejects, stats: ShapeStats) -> None:
+        """Second pass, only when some id hashes repeat: keep each id's first row."""
+        tmp = out_csv.with_name(out_csv.name + ".dedup")
+        seen: dict[str, int] = {}
+        kept = 0
+        with open(out_csv, encoding="utf-8", newline="") as src, open(tmp, "w", encoding="utf-8", newline="") as dst:
+            reader = csv.reader(src)
+            writer = csv.writer(dst, lineterminator="\r\n")
+            writer.writerow(next(reader))
+            for n, row in enumerate(reader):
+                if ids[n] in duplicate_hashes:
+                    key = row[self.id_index]
+                    first = seen.setdefault(key, n)
+                    if first != n:  # equal hashes of different ids (a collision) are both kept
+                        stats.rows_duplicate += 1
+                        stats.reasons["duplicate id"] += 1
+                        record = orjson.dumps(dict(zip(self.header, row, strict=True))).decode()
+                        rejects.writerow([out_csv.name, n + 2, f"duplicate {self.id_field} {key!r}: first "
+                                          f"occurrence (output row {first + 1}) kept", record])
+                        continue
+                writer.writerow(row)
+                kept += 1
+        os.replace(tmp, out_csv)
+        stats.rows_written = kept
+
+
+def _rebuild_shaper(args: dict) -> CsvShaper:
+    return CsvShaper(**args)
+
+
+def _shape_part(shaper: CsvShaper, export: Path, kind: str, members: list[str] | None,
+                rows_path: Path, rejects_path: Path) -> tuple[ShapeStats, bytes]:
+    return shaper.write_part(iter_records(export, kind, members), rows_path, rejects_path)
+
+
+def shape_export(export: Path, shaper: CsvShaper, out_csv: Path, quarantine_path: Path, *,
+                 kind: str | None = None, workers: int = 1) -> ShapeStats:
+    """Shape a whole export file into `out_csv` (plain RFC 4180 CSV with header).
+
+    With `workers` > 1 and a zip of several files, contiguous runs of files are shaped in
+    parallel processes and joined in export order, so the output is byte-identical to a
+    single-process run. The quarantine file is replaced on every run (same logical date,
+    same result) and removed when nothing was quarantined.
+    """
+    kind = kind or detect_kind(export)
+    groups = member_groups(export, workers)
+    parts = [(out_csv.with_name(f"{out_csv.name}.{i}.rows"), out_csv.with_name(f"{out_csv.name}.{i}.rejects"))
+             for i in range(len(groups))]
+    q_tmp = quarantine_path.with_name(quarantine_path.name + ".part")
+    try:
+        if len(groups) == 1:
+            results = [_shape_part(shaper, export, kind, groups[0], *parts[0])]
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork: workers start in milliseconds and inherit the imported modules.
+            with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_shape_part, shaper, export, kind, g, *p)
+                           for g, p in zip(groups, parts, strict=True)]
+                results = [f.result() for f in futures]
+        stats = ShapeStats()
+        ids = array("q")
+        for part_stats, part_ids in results:
+            stats.rows_read += part_stats.rows_read
+            stats.rows_written += part_stats.rows_written
+            stats.rows_rejected += part_stats.rows_rejected
+            stats.reasons.update(part_stats.reasons)
+            ids.frombytes(part_ids)
+        _join(out_csv, shaper.header, [p[0] for p in parts])
+        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
+        _join(q_tmp, QUARANTINE_HEADER, [p[1] for p in parts])
+        duplicate_hashes = _repeated(ids)
+        if duplicate_hashes:
+            with open(q_tmp, "a", encoding="utf-8", newline="") as qfh:
+                shaper.drop_duplicates(out_csv, ids, duplicate_hashes, csv.writer(qfh, lineterminator="\r\n"), stats)
+        if stats.rows_quarantined:
+            os.replace(q_tmp, quarantine_path)
+        else:
+            quarantine_path.unlink(missing_ok=True)  # a re-run that rejects nothing leaves no stale file
+        return stats
+    finally:
+        for rows_path, rejects_path in parts:
+            rows_path.unlink(missing_ok=True)
+            rejects_path.unlink(missing_ok=True)
+        q_tmp.unlink(missing_ok=True)
+
+
+def _join(dest: Path, header: list[str], part_paths: list[Path]) -> None:
+    """The header row, then each part's bytes in order."""
+    with open(dest, "wb") as out:
+        out.write(",".join(_quote(h) for h in header).encode() + b"\r\n")
+        for part in part_paths:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+def _quote(cell: str) -> str:
+    """RFC 4180 quoting of one header cell (same rule csv.writer applies to data)."""
+    return f'"{cell.replace(chr(34), chr(34) * 2)}"' if any(c in cell for c in ',"\r\n') else cell
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _repeated(hashes: array) -> set[int]:
+    """The hash values that occur more than once (numpy sort: fast, 8 bytes per row)."""
+    if len(hashes) < 2:
+        return set()
+    import numpy as np
+
+    arr = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    return set(np.unique(arr[1:][arr[1:] == arr[:-1]]).tolist())
+
+
+class _QuarantineRows:
+    """Rejected rows of one part with their reasons, written beside, never into, the output."""
+
+    def __init__(self, path: Path):
+        self._fh = open(path, "w", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._fh, lineterminator="\r\n")
+
+    def __enter__(self) -> _QuarantineRows:
+        return self
+
+    def add(self, source: str, line: int, reason: str, record: str, stats: ShapeStats) -> None:
+        self._writer.writerow([source, line, reason, record])
+        # Count by kind of reason, not by the varying detail after ':' (JSON error positions).
+        stats.reasons[reason.split(":", 1)[0]] += 1
+        stats.rows_rejected += 1
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+
+def compress(plain_csv: Path, compression: str, dest: Path, member_name: str) -> Path:
+    """Package the CSV as delivered: as is, gzip, or a zip holding `member_name`."""
+    if compression == "none":
+        os.replace(plain_csv, dest)
+    elif compression == "gzip":
+        with open(plain_csv, "rb") as src, gzip.GzipFile(dest, "wb", compresslevel=6, mtime=0) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        plain_csv.unlink()
+    elif compression == "zip":
+        # A fixed member timestamp keeps re-runs byte-identical (same logical date, same sha256).
+        info = zipfile.ZipInfo(member_name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zipfile.ZipFile(dest, "w") as zf, open(plain_csv, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        plain_csv.unlink()
+    else:
+        raise ConfigError(f"unknown compression {compression!r}; use none, gzip or zip")
+    return dest
