@@ -1,0 +1,56 @@
+"""BrazeHook: the `braze_default` Connection -> a ready Braze client."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    from include.braze_export import BrazeExportClient
+
+
+def braze_base_url(host: str | None, schema: str | None, port: int | None) -> str:
+    """The REST endpoint from the Connection: a full URL in `host`, or schema + host + port."""
+    host = (host or "").strip().rstrip("/")
+    if "://" in host:
+        return host
+    base = f"{schema or 'https'}://{host}"
+    return f"{base}:{port}" if port else base
+
+
+class BrazeHook(BaseHook):
+    """Braze REST API access from an Airflow Connection.
+
+    Connection (type ``http``): ``host`` = the REST endpoint of your Braze instance, e.g.
+    ``https://rest.iad-01.braze.com`` (see Braze's "API and SDK endpoints" page);
+    ``password`` = a REST API key with ``users.export.segment`` (and ``users.track`` for the
+    audience pipeline).
+
+    Example::
+
+        AIRFLOW_CONN_BRAZE_DEFAULT='{"conn_type": "http", "host": "https://rest.iad-01.braze.com", "password": "<key>"}'
+    """
+
+    conn_name_attr = "braze_conn_id"
+    default_conn_name = "braze_default"
+    conn_type = "http"
+    hook_name = "Braze"
+
+    def __init__(self, braze_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.braze_conn_id = braze_conn_id
+
+    def get_conn(self) -> BrazeExportClient:
+        from include.braze_export import BrazeExportClient
+        from include.errors import ConfigError
+
+        conn = self.get_connection(self.braze_conn_id)
+        if not conn.host:
+            raise ConfigError(
+                f"connection {self.braze_conn_id!r} has no host; set it to your Braze REST endpoint, "
+                f"e.g. https://rest.iad-01.braze.com"
+            )
+        if not conn.password:
+            raise ConfigError(f"connection {self.braze_conn_id!r} has no password; put the Braze REST API key there")
+        return BrazeExportClient(braze_base_url(conn.host, conn.schema, conn.port), conn.password)
