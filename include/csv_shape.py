@@ -341,7 +341,9 @@ def compress(plain_csv: Path, compression: str, dest: Path, member_name: str) ->
     if compression == "none":
         os.replace(plain_csv, dest)
     elif compression == "gzip":
-        with open(plain_csv, "rb") as src, gzip.GzipFile(dest, "wb", compresslevel=6, mtime=0) as dst:
+        # No file name or time in the gzip header: re-runs are byte-identical.
+        with open(plain_csv, "rb") as src, open(dest, "wb") as raw, \
+                gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         plain_csv.unlink()
     elif compression == "zip":
