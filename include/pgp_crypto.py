@@ -53,20 +53,34 @@ class PgpError(PermanentError):
     """PGP encryption/decryption failed in a way a retry cannot fix (wrong key, bad file, bad passphrase)."""
 
 
+def _key_name(kind: str, key_source: str) -> str:
+    """How messages name the key: "the PGP public key in connection 'lytics_pgp'" for a location,
+    the phrase itself for a ready-made name such as the default "the configured public key"."""
+    return key_source if key_source.startswith("the ") else f"the PGP {kind} key in {key_source}"
+
+
 def is_encrypted_name(name: str) -> bool:
     """True for file names with a PGP suffix (.pgp, .gpg, .asc), case-insensitively."""
     return name.lower().endswith(ENCRYPTED_SUFFIXES)
 
 
-class _DropKeyMaterialFilter(logging.Filter):
-    """python-gnupg logs the first 256 characters of imported key text at DEBUG, enough to hold the
-    secret part of an unprotected ed25519 key; drop that one record so a DEBUG log never holds keys."""
+class _GnupgLogFilter(logging.Filter):
+    """Drops two python-gnupg log records.
+
+    "import_keys: …" (DEBUG) holds the first 256 characters of the key text — enough for the secret
+    part of an unprotected ed25519 key. "Error sending data" (ERROR, with a BrokenPipeError
+    traceback) only means gpg stopped reading early; the PgpError raised here says why.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, str) and record.msg.startswith("import_keys: "))
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("import_keys: "):
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (msg == "Error sending data" and isinstance(exc, BrokenPipeError))
 
 
-logging.getLogger("gnupg").addFilter(_DropKeyMaterialFilter())
+logging.getLogger("gnupg").addFilter(_GnupgLogFilter())
 
 
 @contextmanager
@@ -80,9 +94,12 @@ def throwaway_keyring() -> Iterator[gnupg.GPG]:
     try:
         Path(home, "gpg-agent.conf").write_text(_AGENT_CONF)
         try:
-            # utf-8, not python-gnupg's latin-1 default: the passphrase is written to gpg's stdin in
-            # this encoding, and the gpg CLI (and every other OpenPGP tool) uses UTF-8 passphrases.
-            gpg = gnupg.GPG(gnupghome=home, encoding="utf-8", options=list(_GPG_OPTIONS))
+            # latin-1 (python-gnupg's default) on purpose, not utf-8: python-gnupg decodes gpg's stderr
+            # strictly in this encoding, and gpg echoes raw bytes from the file there (the embedded
+            # file name in PLAINTEXT, e.g. a cp1252 "Müller.csv"). Under utf-8 the reader thread dies
+            # on such a byte and every later status line — DECRYPTION_OKAY included — is lost.
+            # Passphrases are passed through _as_latin1() so gpg still receives UTF-8 bytes.
+            gpg = gnupg.GPG(gnupghome=home, encoding="latin-1", options=list(_GPG_OPTIONS))
         except (OSError, ValueError) as e:
             raise PgpError(f"cannot run gpg (is GnuPG 2.1+ installed on this worker?): {e}") from e
         yield gpg
@@ -94,7 +111,9 @@ def _remove_home(home: str) -> None:
     """Stop the home's gpg-agent, then delete the home; cleanup errors are logged, never raised."""
     for args in (["--kill", "gpg-agent"], ["--remove-socketdir"]):  # socketdir: only under /run/user
         try:
-            subprocess.run(["gpgconf", "--homedir", home, *args], capture_output=True, timeout=10, check=False)
+            subprocess.run(
+                ["gpgconf", "--homedir", home, *args], capture_output=True, timeout=10, check=False
+            )
         except (OSError, subprocess.SubprocessError) as e:
             log.debug("gpgconf %s for %s failed: %s", args[0], home, e)
     for _ in range(3):  # the exiting agent may still be unlinking its sockets
@@ -123,15 +142,17 @@ def encrypt_file(
     ``public_key`` is the ASCII-armored key block (a private key block works too: gpg imports its
     public part). It must hold exactly one key, able to encrypt. ``compress=False`` turns gpg's
     compression off — several times faster, and pointless when ``src`` is already gzip/zip.
-    ``key_source`` names the key in error messages, e.g. ``"the PGP public key in connection
-    'lytics_pgp'"``. Raises :class:`PgpError`; on failure ``dst`` does not exist afterwards.
+    ``key_source`` says where the key comes from, for error messages: ``"connection 'lytics_pgp'"``
+    reads "the PGP public key in connection 'lytics_pgp'" (a phrase starting with "the " is used
+    as is). Raises :class:`PgpError`; on failure ``dst`` does not exist afterwards.
 
     Example::
 
         fpr = encrypt_file(Path("users.csv"), Path("users.csv.pgp"), conn.extra_dejson["public_key"],
-                           key_source="the PGP public key in connection 'lytics_pgp'")
+                           key_source="connection 'lytics_pgp'")
     """
     src, dst = Path(src), Path(dst)
+    key_source = _key_name("public", key_source)
     try:
         _require_input(src, "encrypt")
         with throwaway_keyring() as gpg:
@@ -204,12 +225,13 @@ def decrypt_file(
 
     ``private_key`` is the ASCII-armored private key block; ``passphrase`` unlocks it (None or ""
     for an unprotected key). Signatures on the message are not checked (the signer's key is not
-    configured). ``key_source`` names the key in error messages, e.g. ``"the PGP private key in
-    connection 'braze_drop_pgp'"``. Raises :class:`PgpError` saying whether the key could not be
+    configured). ``key_source`` says where the key comes from, as for :func:`encrypt_file`
+    (``"connection 'braze_drop_pgp'"``). Raises :class:`PgpError` saying whether the key could not be
     imported, the file is for another key, the passphrase is wrong or missing, or the file is not
     PGP at all; on failure ``dst`` does not exist afterwards.
     """
     src, dst = Path(src), Path(dst)
+    key_source = _key_name("private", key_source)
     try:
         if passphrase is not None and any(c in passphrase for c in "\r\n\0"):
             # gpg reads the passphrase as one line from its stdin, in front of the data; anything after
@@ -230,10 +252,14 @@ def decrypt_file(
                 dst,
                 # --skip-verify: a signed message from a signer whose key we do not hold decrypts fine
                 # but makes gpg exit 2; verifying the sender is not this function's job.
-                lambda fh, out: gpg.decrypt_file(fh, passphrase=passphrase, output=out, extra_args=["--skip-verify"]),
+                lambda fh, out: gpg.decrypt_file(
+                    fh, passphrase=_as_latin1(passphrase), output=out, extra_args=["--skip-verify"]
+                ),
             )
             if not (result.ok and result.returncode == 0 and "BADMDC" not in result.status_keys):
-                raise PgpError(_decrypt_failure_message(result, src, keys, key_source, passphrase is not None))
+                raise PgpError(
+                    _decrypt_failure_message(result, src, keys, key_source, passphrase is not None)
+                )
     except BaseException:
         _remove(dst)  # never leave an older file that could pass for this run's output
         raise
@@ -264,17 +290,25 @@ def _decrypt_failure_message(
         )
     if "NEED_PASSPHRASE" in result.status_keys and not have_passphrase:
         return (
-            f"{key_source} ({mine}) is protected by a passphrase but none is configured; add the "
+            f"{key_source}, {mine}, is protected by a passphrase but none is configured; add the "
             f"passphrase to decrypt {name}"
         )
-    if any(len(e) > 1 and e[1].isdigit() and int(e[1]) & 0xFFFF == _GPG_ERR_BAD_PASSPHRASE for e in pk_errors):
+    if any(
+        len(e) > 1 and e[1].isdigit() and int(e[1]) & 0xFFFF == _GPG_ERR_BAD_PASSPHRASE for e in pk_errors
+    ):
         if not have_passphrase:
-            return f"{key_source} ({mine}) needs a passphrase but none is configured; add it to decrypt {name}"
-        return f"bad passphrase for {key_source} ({mine}): gpg could not unlock it to decrypt {name}"
-    if recipients and (no_seckey or "DECRYPTION_FAILED" in result.status_keys) and _none_is_mine(recipients, keys):
+            return (
+                f"{key_source}, {mine}, needs a passphrase but none is configured; add it to decrypt {name}"
+            )
+        return f"bad passphrase for {key_source}, {mine}: gpg could not unlock it to decrypt {name}"
+    if (
+        recipients
+        and (no_seckey or "DECRYPTION_FAILED" in result.status_keys)
+        and _none_is_mine(recipients, keys)
+    ):
         if all(r == _HIDDEN_KEY_ID for r in recipients):
             return (
-                f"{name} hides its recipients' key IDs and {key_source} ({mine}) cannot decrypt it; ask the "
+                f"{name} hides its recipients' key IDs and {key_source}, {mine}, cannot decrypt it; ask the "
                 f"sender to encrypt for {fprs} or configure the matching private key"
             )
         return (
@@ -282,9 +316,9 @@ def _decrypt_failure_message(
             f"sender to encrypt for {fprs} or configure the matching private key"
         )
     if "BADMDC" in result.status_keys:
-        return f"{name} failed its integrity check (modified or damaged in transfer); ask the sender to send it again"
+        return f"{name} failed its integrity check (truncated, modified or damaged in transfer); ask the sender to send it again"
     return (
-        f"PGP decryption of {name} with {key_source} ({mine}) failed — the file looks truncated or damaged "
+        f"PGP decryption of {name} with {key_source}, {mine}, failed — the file looks truncated or damaged "
         f"(gpg status {result.status or 'none'!r}, exit code {result.returncode}); gpg said: {_stderr_tail(result)}"
     )
 
@@ -327,9 +361,7 @@ class _CryptResult(gnupg.Crypt):
         return [v for k, v in self.statuses if k == key]
 
 
-def _run_to_file(
-    gpg: gnupg.GPG, src: Path, dst: Path, call: Callable[[object, str], object]
-) -> _CryptResult:
+def _run_to_file(gpg: gnupg.GPG, src: Path, dst: Path, call: Callable[[object, str], object]) -> _CryptResult:
     """Run one gpg encrypt/decrypt from ``src`` into ``dst`` via a hidden partial file; return its result.
 
     When gpg stops early (wrong key, garbage input) python-gnupg's writer thread may hit a broken
@@ -362,12 +394,16 @@ def _run_to_file(
         _remove(partial)
 
 
-def _import_key(gpg: gnupg.GPG, key_text: str, key_source: str, verb: str, src: Path, *, secret: bool) -> list[dict]:
+def _import_key(
+    gpg: gnupg.GPG, key_text: str, key_source: str, verb: str, src: Path, *, secret: bool
+) -> list[dict]:
     """Import ``key_text``; return the primary keys now in the keyring (secret ones if ``secret``)."""
     kind = "private" if secret else "public"
     block = f"-----BEGIN PGP {kind.upper()} KEY BLOCK-----"
     if not isinstance(key_text, str | bytes) or not key_text.strip():
-        raise PgpError(f"cannot {verb} {src.name}: {key_source} is empty; paste the ASCII-armored key ({block} …)")
+        raise PgpError(
+            f"cannot {verb} {src.name}: {key_source} is empty; paste the ASCII-armored key ({block} …)"
+        )
     result = gpg.import_keys(key_text)
     keys = gpg.list_keys(secret=secret)
     if keys:
@@ -385,6 +421,12 @@ def _import_key(gpg: gnupg.GPG, key_text: str, key_source: str, verb: str, src: 
     )
 
 
+def _as_latin1(passphrase: str | None) -> str | None:
+    """The passphrase as python-gnupg must get it so gpg reads its UTF-8 bytes (what the gpg CLI and
+    other OpenPGP tools use): python-gnupg writes it to gpg's stdin encoded as latin-1."""
+    return passphrase.encode("utf-8").decode("latin-1") if passphrase else None
+
+
 def _require_input(src: Path, verb: str) -> None:
     if not src.is_file():
         raise PgpError(f"cannot {verb} {src}: no such file")
@@ -398,13 +440,23 @@ def _remove(path: Path) -> None:
 
 
 # Runs of base64 long enough to be key material (a broken armor line can end up in gpg's messages);
-# pure hex (fingerprints, key IDs) is kept.
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{24,}")
+# pure hex (fingerprints, key IDs) is kept. Armor lines are 64 characters.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{32,}")
+# gpg's chatter about setting up the fresh home: true every time, useless in an error message.
+_NOISE = ("keybox '", "trustdb created", "directory '")
 
 
 def _stderr_tail(result: object, lines: int = 4) -> str:
     """The last human-readable lines gpg wrote (status lines dropped), with base64 runs redacted."""
     text = getattr(result, "stderr", "") or ""
-    human = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("[GNUPG:]")]
+    # python-gnupg decoded it as latin-1 (see throwaway_keyring); gpg writes UTF-8
+    text = text.encode("latin-1", "replace").decode("utf-8", "replace")
+    human = [
+        ln.strip().removeprefix("gpg: ")
+        for ln in text.splitlines()
+        if ln.strip() and not ln.startswith("[GNUPG:]") and not any(n in ln for n in _NOISE)
+    ]
     tail = " | ".join(human[-lines:]) or "nothing"
-    return _BASE64_RUN.sub(lambda m: m.group(0) if re.fullmatch(r"[0-9A-F]+", m.group(0)) else "[redacted]", tail)
+    return _BASE64_RUN.sub(
+        lambda m: m.group(0) if re.fullmatch(r"[0-9A-F]+", m.group(0)) else "[redacted]", tail
+    )
