@@ -40,8 +40,8 @@ LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
     doc_md=__doc__,
     tags=["braze", "lytics", "export"],
     default_args={
-        "retries": 3,
-        "retry_delay": timedelta(minutes=2),
+        "retries": int(os.environ.get("BRAZE_LYTICS_TASK_RETRIES", "3")),
+        "retry_delay": timedelta(seconds=float(os.environ.get("BRAZE_LYTICS_RETRY_DELAY_SECONDS", "120"))),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
     },
@@ -73,7 +73,7 @@ def braze_segments_to_lytics():
 
     @task(trigger_rule="all_done", retries=0, outlets=[LYTICS_FILES])
     def summarize(reports, segments: list[dict]) -> dict:
-        summary = segment_tasks.summarize(list(reports), segments)
+        summary = segment_tasks.summarize(reports, segments)
         get_current_context()["outlet_events"][LYTICS_FILES].extra = summary
         return summary
 

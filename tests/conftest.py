@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+# ==================================================================================================
+# Airflow: a throwaway AIRFLOW_HOME with a SQLite metadata DB. Airflow reads its configuration when
+# first imported, so this must run before any test module imports it.
+# ==================================================================================================
+REPO = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bl-airflow-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "BRAZE_LYTICS_TASK_RETRIES": "1",
+    "BRAZE_LYTICS_RETRY_DELAY_SECONDS": "1",
+    "BRAZE_LYTICS_WORK_DIR": str(_AIRFLOW_HOME / "work"),
+    "BRAZE_LYTICS_QUARANTINE_DIR": str(_AIRFLOW_HOME / "quarantine"),
+})
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Create the metadata DB once per session (`airflow db migrate`, ~4 s)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
+    return _AIRFLOW_HOME
 
 from tests.sshd_server import OpenSshServer, SshdUnavailable, check_available
 

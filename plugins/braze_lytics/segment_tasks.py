@@ -122,7 +122,9 @@ def _fetcher(export: dict):
     url = client.unseal(export["sealed_url"])
 
     def download_export(work: Path) -> Path:
-        return client.download(url, work / ("export.zip" if export["output_format"] == "zip" else "export.json.gz"))
+        dest = work / ("export.zip" if export["output_format"] == "zip" else "export.json.gz")
+        client.download(url, dest)
+        return dest
 
     return download_export
 
@@ -154,9 +156,13 @@ def transfer(segment: dict, export: dict, context) -> dict:
 SUMMARY_KEYS = ("rows_read", "rows_written", "rows_quarantined", "bytes")
 
 
-def summarize(reports: list[dict | None], expected: list[dict]) -> dict:
+def summarize(reports, expected: list[dict]) -> dict:
     """The run's summary; fails the run (after reporting) if any segment did not deliver."""
     from airflow.sdk.exceptions import AirflowFailException
+
+    # Airflow 3.3.2 hands over a mapped task group's single result as the bare dict, and
+    # several results as a lazy sequence (with None for instances that pushed nothing).
+    reports = [reports] if isinstance(reports, dict) else list(reports or [])
 
     delivered = {r["segment"]: r for r in reports if r}
     missing = [s["name"] for s in expected if s["name"] not in delivered]

@@ -81,7 +81,7 @@ def test_rfc4180_quoting_and_unicode_survive(tmp_path):
     shape_export(export, shaper(), tmp_path / "out.csv", tmp_path / "q.csv")
     raw = (tmp_path / "out.csv").read_bytes()
     assert raw.endswith(b"\r\n") and b"\r\n" in raw.split(b"\r\n", 1)[0] + b"\r\n"
-    assert '"The ""Rock"", Jr."'.encode() in raw  # quotes doubled, field quoted
+    assert b'"The ""Rock"", Jr."' in raw  # quotes doubled, field quoted
     assert "Zoë 李 🎉".encode() in raw  # UTF-8, no escaping
     row = read_csv(tmp_path / "out.csv")[1]
     assert row == ["u1", "a@b.c", "Zoë 李 🎉", 'The "Rock", Jr.', "", "0", "false",
