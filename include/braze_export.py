@@ -79,7 +79,7 @@ class BrazeExportClient:
         resp = send(
             requests.Session(), "HEAD", url, service="Braze export storage", what="checking the export file",
             auth_hint="The export link may have expired: clear the segment's whole task group to start a new export.",
-            policy=self.policy, ok=lambda r: r.status_code in (403, 404),
+            policy=self.policy, ok=lambda r: r.status_code in (403, 404), secret_path=True,
         )
         return resp.status_code < 300
 
@@ -91,7 +91,7 @@ class BrazeExportClient:
             resp = send(
                 requests.Session(), "GET", url, service="Braze export storage", what="downloading the export",
                 auth_hint="The export link has expired or is not ready: clear the segment's task group to re-export.",
-                policy=RetryPolicy(attempts=1), stream=True,
+                policy=RetryPolicy(attempts=1), stream=True, secret_path=True,
             )
             size = 0
             try:
@@ -100,10 +100,10 @@ class BrazeExportClient:
                         out.write(chunk)
                         size += len(chunk)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                raise TransientError(f"download of {redact_url(url)} broke off after {size} bytes: {type(exc).__name__}") from None
+                raise TransientError(f"download of {redact_url(url, keep_path=False)} broke off after {size} bytes: {type(exc).__name__}") from None
             expected = resp.headers.get("Content-Length")
             if expected is not None and int(expected) != size:
-                raise TransientError(f"download of {redact_url(url)} got {size} of {expected} bytes")
+                raise TransientError(f"download of {redact_url(url, keep_path=False)} got {size} of {expected} bytes")
             return size
 
         try:
@@ -112,7 +112,7 @@ class BrazeExportClient:
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, dest)
-        log.info("Downloaded the export from %s: %d bytes", redact_url(url), size)
+        log.info("Downloaded the export from %s: %d bytes", redact_url(url, keep_path=False), size)
         return size
 
     # --- the export link is a secret: seal it before it leaves the task ---------------------------

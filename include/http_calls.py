@@ -21,13 +21,16 @@ from include.retry import RetryPolicy, retry_call
 DEFAULT_TIMEOUT = (10.0, 120.0)  # (connect, read) seconds
 
 
-def redact_url(url: str) -> str:
-    """The URL without query string or credentials: pre-signed links and ?key= tokens are secrets."""
+def redact_url(url: str, *, keep_path: bool = True) -> str:
+    """The URL without query string or credentials (pre-signed links and ?key= tokens are secrets).
+
+    `keep_path=False` also hides the path, for download links whose path is itself the token.
+    """
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return urlunsplit((parts.scheme, host, parts.path if keep_path else "/...", "", ""))
 
 
 def server_wait_seconds(resp: requests.Response, now: float | None = None) -> float | None:
@@ -61,11 +64,12 @@ def _message_of(resp: requests.Response) -> str:
     return str(body)[:300]
 
 
-def raise_for_status(resp: requests.Response, *, service: str, what: str, auth_hint: str) -> None:
+def raise_for_status(resp: requests.Response, *, service: str, what: str, auth_hint: str,
+                     secret_path: bool = False) -> None:
     """Turn a non-2xx response into the typed error that tells the on-call person what to do."""
     if resp.status_code < 400:
         return
-    where = f"{service} {resp.request.method} {redact_url(resp.url)}"
+    where = f"{service} {resp.request.method} {redact_url(resp.url, keep_path=not secret_path)}"
     detail = _message_of(resp)
     code = resp.status_code
     if code in (401, 403):
@@ -88,6 +92,7 @@ def send(
     policy: RetryPolicy,
     timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ok: Callable[[requests.Response], bool] | None = None,
+    secret_path: bool = False,
     **kwargs,
 ) -> requests.Response:
     """One logical HTTP call: retried on transient failures, typed errors on the rest.
@@ -99,10 +104,11 @@ def send(
         try:
             resp = session.request(method, url, timeout=timeout, **kwargs)
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise TransientError(f"{what}: {service} {method} {redact_url(url)} failed: {type(exc).__name__}") from None
+            shown = redact_url(url, keep_path=not secret_path)
+            raise TransientError(f"{what}: {service} {method} {shown} failed: {type(exc).__name__}") from None
         if ok is not None and ok(resp):
             return resp
-        raise_for_status(resp, service=service, what=what, auth_hint=auth_hint)
+        raise_for_status(resp, service=service, what=what, auth_hint=auth_hint, secret_path=secret_path)
         return resp
 
     return retry_call(attempt, policy, what=what)

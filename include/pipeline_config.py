@@ -232,21 +232,28 @@ def _parse_segment(entry: Any, defaults: dict[str, Any], where: str, errors: lis
         errors.append(f"{where}.remote_dir: must be an absolute remote path like /upload, got {remote_dir!r}")
 
     id_field = entry.get("id_field", "external_id" if opts["source"] == "api" else "user_id")
-    if not isinstance(id_field, str) or not _FIELD_RE.match(id_field):
+    if not isinstance(id_field, str) or not id_field.strip():
         errors.append(f"{where}.id_field: must be a field name, got {id_field!r}")
 
     columns = entry.get("columns")
     if not isinstance(columns, dict) or not columns:
         errors.append(f"{where}.columns: must be a non-empty mapping of CSV column -> source field path")
         columns = {}
+    # Dashboard CSV headers are taken literally ("Braze ID"); API fields are dotted paths.
+    field_ok = (lambda f: bool(f.strip())) if opts["source"] == "drop" else _FIELD_RE.match
     for col, src in columns.items():
         if not isinstance(col, str) or not col.strip():
             errors.append(f"{where}.columns: column names must be non-empty strings, got {col!r}")
-        if not isinstance(src, str) or not _FIELD_RE.match(src):
+        if not isinstance(src, str) or not field_ok(src):
             errors.append(
                 f"{where}.columns.{col}: must be a source field path like 'email' or "
                 f"'custom_attributes.tier', got {src!r}"
             )
+    if columns and isinstance(id_field, str) and id_field not in columns.values():
+        errors.append(
+            f"{where}.columns: the id field {id_field!r} is not mapped to any column; Lytics needs it in "
+            f"the file (add e.g. `user_id: {id_field}`), or set id_field"
+        )
     if isinstance(opts["timestamp_column"], str) and opts["timestamp_column"] in columns:
         errors.append(
             f"{where}.timestamp_column: {opts['timestamp_column']!r} is also a mapped column; "

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sshd_server import OpenSshServer, SshdUnavailable, check_available
+
 # ==================================================================================================
 # Airflow: a throwaway AIRFLOW_HOME with a SQLite metadata DB. Airflow reads its configuration when
 # first imported, so this must run before any test module imports it.
@@ -38,7 +40,6 @@ def airflow_db() -> Path:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
     return _AIRFLOW_HOME
 
-from tests.sshd_server import OpenSshServer, SshdUnavailable, check_available
 
 # ==================================================================================================
 # Real OpenSSH sshd (tests/sshd_server.py) — needs root + openssh-server; `.ci/run` provides both.

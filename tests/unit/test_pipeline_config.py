@@ -71,6 +71,7 @@ def test_env_var_selects_the_file(tmp_path, monkeypatch):
         ("file_root: a/b", "segments[0] (vip).file_root: 'a/b' must be a plain file name root"),
         ("source: drop", "segments[0] (vip).drop.path: source 'drop' needs drop.path"),
         ("fields_to_export: [email]", "segments[0] (vip).fields_to_export: must include the id field 'external_id'"),
+        ("id_field: email_address", "segments[0] (vip).columns: the id field 'email_address' is not mapped"),
         ("timestamp_column: email", "segments[0] (vip).timestamp_column: 'email' is also a mapped column"),
     ],
 )
