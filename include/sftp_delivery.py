@@ -22,7 +22,7 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +94,21 @@ def _pinned_key(settings: SftpSettings):
         ) from None
 
 
+def _gcm_first_transport(sock, **kwargs):
+    """A paramiko Transport that prefers AES-GCM when the server offers it.
+
+    paramiko's default order puts aes-ctr + hmac first; AES-GCM is one AEAD pass and measured
+    ~20-25% faster for bulk uploads here (bench/). Other ciphers stay as fallbacks.
+    """
+    import paramiko
+
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    preferred = tuple(c for c in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if c in options.ciphers)
+    options.ciphers = preferred + tuple(c for c in options.ciphers if c not in preferred)
+    return transport
+
+
 def _known_hosts_name(settings: SftpSettings) -> str:
     return settings.host if settings.port == 22 else f"[{settings.host}]:{settings.port}"
 
@@ -126,7 +141,7 @@ def open_sftp(settings: SftpSettings) -> Iterator:
         client.connect(
             settings.host, port=settings.port, username=settings.username, password=settings.password, pkey=pkey,
             timeout=settings.timeout, banner_timeout=settings.timeout, auth_timeout=settings.timeout,
-            look_for_keys=False, allow_agent=False,
+            look_for_keys=False, allow_agent=False, transport_factory=_gcm_first_transport,
         )
     except paramiko.BadHostKeyException as exc:
         client.close()
@@ -164,20 +179,13 @@ def open_sftp(settings: SftpSettings) -> Iterator:
         client.close()
 
 
-class _HashingReader(io.RawIOBase):
-    """Reads a file while hashing it, so the sha256 costs no second pass."""
-
-    def __init__(self, fh):
-        self._fh = fh
-        self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._fh.read(size)
-        self.sha256.update(data)
-        return data
+def file_sha256(path: Path) -> str:
+    """sha256 of a file in 1 MiB reads (hashlib releases the GIL, so this overlaps network waits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _require_dir(sftp, remote_dir: str, settings: SftpSettings) -> None:
@@ -227,20 +235,23 @@ def _put_atomic(sftp, fileobj, size: int, remote_path: str) -> None:
         raise
 
 
-def upload_atomic(sftp, local_path: Path, remote_path: str, *, settings: SftpSettings, manifest: bool = True) -> Delivery:
-    """Deliver `local_path` to `remote_path` atomically (plus `<name>.sha256` when `manifest`)."""
+def upload_atomic(sftp, local_path: Path, remote_path: str, *, settings: SftpSettings, manifest: bool = True,
+                  sha256: Callable[[], str] | None = None) -> Delivery:
+    """Deliver `local_path` to `remote_path` atomically (plus `<name>.sha256` when `manifest`).
+
+    `sha256` returns the file's digest (e.g. from a hash running in parallel); default: hash now.
+    """
     remote_dir, final_name = posixpath.split(remote_path)
     _require_dir(sftp, remote_dir, settings)
     _remove_stale_partials(sftp, remote_dir, final_name)
     size = os.path.getsize(local_path)
+    if manifest:
+        # The old manifest must not vouch for the new file, even for a moment.
+        with contextlib.suppress(FileNotFoundError):
+            sftp.remove(remote_path + ".sha256")
     with open(local_path, "rb") as fh:
-        reader = _HashingReader(fh)
-        if manifest:
-            # The old manifest must not vouch for the new file, even for a moment.
-            with contextlib.suppress(FileNotFoundError):
-                sftp.remove(remote_path + ".sha256")
-        _put_atomic(sftp, reader, size, remote_path)
-    digest = reader.sha256.hexdigest()
+        _put_atomic(sftp, fh, size, remote_path)
+    digest = sha256() if sha256 else file_sha256(local_path)
     manifest_path = None
     if manifest:
         manifest_path = remote_path + ".sha256"
@@ -254,11 +265,17 @@ def upload_atomic(sftp, local_path: Path, remote_path: str, *, settings: SftpSet
 def deliver(settings: SftpSettings, local_path: Path, remote_path: str, *, manifest: bool = True,
             policy: RetryPolicy | None = None) -> Delivery:
     """Connect and deliver, retrying the whole (idempotent) delivery when the connection drops."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+    digest = hasher.submit(file_sha256, local_path)  # overlaps the SSH handshake and the upload
+    hasher.shutdown(wait=False)
 
     def attempt() -> Delivery:
         with open_sftp(settings) as sftp:
             try:
-                return upload_atomic(sftp, local_path, remote_path, settings=settings, manifest=manifest)
+                return upload_atomic(sftp, local_path, remote_path, settings=settings, manifest=manifest,
+                                     sha256=digest.result)
             except PermissionError as exc:
                 raise AuthError(
                     f"connection {settings.name!r}: {settings.username} may not write to {remote_path!r} on "
