@@ -270,3 +270,41 @@ def test_rejected_api_key_fails_fast_with_what_to_fix(tmp_path, monkeypatch, bra
     out = capfd.readouterr().out
     assert "answered 401" in out and "Check the REST API key (password of the Braze connection)" in out
     assert [r for r in braze.requests if r[1] == "/users/export/segment"] == [("POST", "/users/export/segment", 401)]
+
+
+def test_drop_from_an_sftp_inbound_folder(tmp_path, monkeypatch, connections):
+    sshd = connections
+    monkeypatch.setenv("AIRFLOW_CONN_BRAZE_DROP", sshd.conn_json(sshd.password_user, auth="password"))
+    spec = SegmentSpec("seg_inbound", 500)
+    folder = sshd.chroot / "inbound" / "seg_inbound"
+    folder.mkdir()
+    dashboard_csv_zip(folder / "users-q9.zip", spec)
+    monkeypatch.setenv("BRAZE_LYTICS_CONFIG", write_config(tmp_path, [
+        {"name": "inbound", "segment_id": "seg_inbound", "source": "drop", "compression": "zip",
+         "drop": {"path": "/inbound/{segment_id}", "pattern": "*.zip", "conn_id": "braze_drop"},
+         "columns": {"user_id": "user_id", "email": "email"}},
+    ]))
+
+    dag_run = run_dag()
+
+    assert dag_run.state == "success", task_states(dag_run)
+    import zipfile
+
+    with zipfile.ZipFile(sshd.chroot / "upload" / "inbound_20261123.csv.zip") as zf:
+        assert zf.namelist() == ["inbound_20261123.csv"]
+        rows = list(csv.reader(io.StringIO(zf.read("inbound_20261123.csv").decode(), newline="")))
+    assert rows[1:] == [[u["external_id"], u.get("email", ""), TS] for u in expected_users(spec, None)]
+
+
+def test_export_that_never_becomes_ready_times_out_with_advice(tmp_path, monkeypatch, connections, capfd):
+    with BrazeSandbox(API_KEY, [SegmentSpec("seg_slow", 10)], export_delay=3600) as slow:
+        monkeypatch.setenv("AIRFLOW_CONN_BRAZE_DEFAULT", json.dumps({"conn_type": "http", "host": slow.url, "password": API_KEY}))
+        monkeypatch.setenv("BRAZE_LYTICS_CONFIG", write_config(tmp_path, [
+            {"name": "slow", "segment_id": "seg_slow", "export_timeout_minutes": 0.05, "columns": GZIP_COLUMNS}]))
+        dag_run = run_dag()
+    assert dag_run.state == "failed"
+    sensor = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "segment.wait_for_export")
+    assert sensor.state == "failed" and sensor.try_number == 1
+    out = capfd.readouterr().out
+    assert "segment 'slow': Braze has not finished the export within 3 seconds (export_timeout_minutes)" in out
+    assert "clear this segment's tasks from start_export on" in out

@@ -51,7 +51,11 @@ class BrazeExportSensor(BaseSensorOperator):
             what = ("Braze has not finished the export" if export["kind"] == "api"
                     else f"no file matching {export['pattern']!r} landed in {export['directory']!r}")
             raise AirflowFailException(
-                f"segment {export['segment']!r}: {what} within {self.timeout / 60:.0f} minutes "
+                f"segment {export['segment']!r}: {what} within {_duration(self.timeout)} "
                 f"(export_timeout_minutes). Large segments can take an hour: raise export_timeout_minutes, "
                 f"then clear this segment's tasks from start_export on to request a fresh export."
             ) from None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} seconds" if seconds < 120 else f"{seconds / 60:.0f} minutes"
