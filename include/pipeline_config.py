@@ -138,8 +138,8 @@ def config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: Path | str | None = None) -> PipelineConfig:
-    """Read and validate the configuration file; raise ConfigError listing every problem."""
+def read_yaml(path: Path | str | None = None) -> tuple[Path, Any]:
+    """The configuration file in force, parsed (not validated)."""
     import yaml  # light, but only needed at run time
 
     path = Path(path) if path else config_path()
@@ -154,6 +154,12 @@ def load_config(path: Path | str | None = None) -> PipelineConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return path, raw
+
+
+def load_config(path: Path | str | None = None) -> PipelineConfig:
+    """Read and validate the configuration file; raise ConfigError listing every problem."""
+    path, raw = read_yaml(path)
     return parse_config(raw, path)
 
 
@@ -161,7 +167,8 @@ def parse_config(raw: Any, path: Path) -> PipelineConfig:
     errors: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with 'segments:' (and optional 'defaults:')")
-    _unknown_keys(raw, {"defaults", "segments"}, "", errors)
+    # `lytics_to_braze:` belongs to the audience pipeline (include/audience_config.py).
+    _unknown_keys(raw, {"defaults", "segments", "lytics_to_braze"}, "", errors)
     defaults = dict(_DEFAULTS)
     user_defaults = raw.get("defaults") or {}
     if not isinstance(user_defaults, dict):
@@ -172,7 +179,9 @@ def parse_config(raw: Any, path: Path) -> PipelineConfig:
 
     segments_raw = raw.get("segments")
     segments: list[SegmentConfig] = []
-    if not isinstance(segments_raw, list) or not segments_raw:
+    if segments_raw is None and "lytics_to_braze" in raw:
+        segments_raw = []  # a file configuring only the audience pipeline
+    elif not isinstance(segments_raw, list) or not segments_raw:
         errors.append("segments: must be a non-empty list of segment entries")
         segments_raw = []
     seen_names: set[str] = set()
