@@ -27,8 +27,8 @@ class FakeTime:
         self.now += seconds
 
 
-def _limiter(budget: int, window: float, t: FakeTime) -> RateLimiter:
-    return RateLimiter(budget, window, clock=t.clock, sleep=t.sleep)
+def _limiter(budget: int, window: float, t: FakeTime, margin: float = 0.0) -> RateLimiter:
+    return RateLimiter(budget, window, margin=margin, clock=t.clock, sleep=t.sleep)
 
 
 def _max_in_any_window(times: list[float], window: float) -> int:
@@ -87,15 +87,62 @@ def test_no_double_burst_at_a_window_boundary():
     assert t.now == pytest.approx(1.99)
 
 
+def test_margin_keeps_each_slot_a_little_longer():
+    """The server counts a request when it arrives, a little after acquire() let it go."""
+    t = FakeTime(start=0.0)
+    limiter = _limiter(2, 1.0, t, margin=0.01)
+    limiter.acquire()
+    limiter.acquire()
+    assert limiter.acquire() == pytest.approx(1.01)
+
+
+EPOCH = 1_800_000_000.25  # wall-clock time at FakeTime 0.0 in the observe() tests
+
+
+def _headers(remaining: int, reset: int, limit: int | None = None, case=str.title) -> dict[str, str]:
+    h = {case("X-RateLimit-Remaining"): str(remaining), case("X-RateLimit-Reset"): str(reset)}
+    if limit is not None:
+        h[case("X-RateLimit-Limit")] = str(limit)
+    return h
+
+
 @pytest.mark.parametrize("name_case", [str.title, str.lower, str.upper])
 def test_observe_remaining_zero_holds_until_reset(name_case):
-    t = FakeTime()
-    limiter = _limiter(1000, 1.0, t)
-    epoch = 1_800_000_000.0
-    limiter.observe({name_case("X-RateLimit-Remaining"): "0", name_case("X-RateLimit-Reset"): str(int(epoch) + 5)},
-                    now_epoch=epoch)
-    assert limiter.acquire() == pytest.approx(5.0)
+    t = FakeTime(start=0.0)
+    limiter = _limiter(1000, 3.0, t)
+    limiter.observe(_headers(0, int(EPOCH) + 2, case=name_case), now_epoch=EPOCH)
+    assert limiter.acquire() == pytest.approx(1.75)  # reset is 1,800,000,002 = 1.75 s from now
     assert limiter.acquire() == 0.0  # the hold is over
+
+
+def test_observe_zero_from_another_sender_holds_until_reset():
+    """We sent 3 of the server's 10: someone else used the rest; only the server knows when they leave."""
+    t = FakeTime(start=0.0)
+    limiter = _limiter(10, 1.0, t)
+    for _ in range(3):
+        limiter.acquire()
+    limiter.observe(_headers(0, int(EPOCH) + 2, limit=10), now_epoch=EPOCH)
+    assert limiter.acquire() == pytest.approx(1.75)
+
+
+def test_observe_zero_explained_by_our_own_sends_costs_no_extra_wait():
+    """Reset is rounded up to a whole second; our own clock knows when our oldest send leaves."""
+    t = FakeTime(start=0.0)
+    limiter = _limiter(10, 1.0, t)
+    for _ in range(10):
+        limiter.acquire()
+        t.now += 0.01
+    # the server: 10 of 10 used, the oldest (ours at 0.0 = epoch ...0.25) leaves at ...1.25 -> "...2"
+    limiter.observe(_headers(0, int(EPOCH) + 2, limit=10), now_epoch=EPOCH + t.now)
+    assert limiter.acquire() == pytest.approx(1.0 - 0.1)  # at 1.0, not at the rounded 1.75
+    assert t.now == pytest.approx(1.0)
+
+
+def test_observe_caps_a_reset_that_only_a_wrong_clock_explains():
+    t = FakeTime(start=0.0)
+    limiter = _limiter(1000, 3.0, t)
+    limiter.observe(_headers(0, int(EPOCH) + 3600), now_epoch=EPOCH)  # our clock is an hour behind
+    assert limiter.acquire() == pytest.approx(4.0)  # one window + the rounding second, not an hour
 
 
 @pytest.mark.parametrize("headers", [
@@ -103,6 +150,7 @@ def test_observe_remaining_zero_holds_until_reset(name_case):
     {"X-RateLimit-Remaining": "0"},
     {"X-RateLimit-Remaining": "zero", "X-RateLimit-Reset": "1800000005"},
     {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1799999990"},  # already past
+    {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "soon"},
     {},
 ])
 def test_observe_ignores_headers_that_do_not_say_stop(headers):
@@ -123,11 +171,11 @@ def test_pause_holds_every_acquire_and_only_extends():
     assert limiter.acquire() == 0.0
 
 
-def test_bad_settings_are_refused():
+@pytest.mark.parametrize("args", [(0, 1.0), (10, 0), (10, 1.0, -0.1)])
+def test_bad_settings_are_refused(args):
+    budget, window, *margin = args
     with pytest.raises(ValueError):
-        RateLimiter(0, 1.0)
-    with pytest.raises(ValueError):
-        RateLimiter(10, 0)
+        RateLimiter(budget, window, margin=margin[0] if margin else 0.01)
 
 
 def test_threads_sharing_one_limiter_never_exceed_the_budget():
@@ -140,7 +188,7 @@ def test_threads_sharing_one_limiter_never_exceed_the_budget():
         local.last = time.monotonic()
         return local.last
 
-    limiter = RateLimiter(budget, window, clock=clock)
+    limiter = RateLimiter(budget, window, margin=0.0, clock=clock)
     grants: list[float] = []
     grants_lock = threading.Lock()
     start = threading.Barrier(threads)
