@@ -24,7 +24,7 @@ def dagbag():
 
 def test_dagbag_has_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "braze_segments_to_lytics" in dagbag.dags
+    assert {"braze_segments_to_lytics", "lytics_audiences_to_braze"} <= set(dagbag.dags)
 
 
 def test_dags_have_tags_docs_and_retries(dagbag):
@@ -33,7 +33,7 @@ def test_dags_have_tags_docs_and_retries(dagbag):
         assert dag.doc_md, f"{dag_id} has no doc_md"
         assert not dag.catchup, f"{dag_id} would backfill from start_date on first deploy"
         for task in dag.tasks:
-            if task.task_id != "summarize":
+            if task.task_id not in ("summarize", "report"):  # reporting only; re-run by hand
                 assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
 
 
@@ -44,6 +44,13 @@ def test_b2l_tasks_are_mapped_per_segment_and_labelled(dagbag):
     sensor = dag.get_task("segment.wait_for_export")
     assert sensor.mode == "reschedule"  # no worker slot held while Braze works
     assert dag.max_active_runs == 1
+
+
+def test_l2b_delivery_runs_in_the_braze_api_pool(dagbag):
+    dag = dagbag.dags["lytics_audiences_to_braze"]
+    assert dag.get_task("deliver_chunk").pool == "braze_api"
+    assert dag.get_task("commit").trigger_rule == "none_failed"  # nothing to send still commits
+    assert set(dag.params) >= {"audiences", "dry_run", "full_resync"}
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.name for p in DAG_FILES])

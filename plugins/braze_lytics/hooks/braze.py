@@ -8,6 +8,8 @@ from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
     from include.braze_export import BrazeExportClient
+    from include.braze_track import BrazeTrackClient
+    from include.rate_limit import RateLimiter
 
 
 def braze_base_url(host: str | None, schema: str | None, port: int | None) -> str:
@@ -41,8 +43,7 @@ class BrazeHook(BaseHook):
         super().__init__(**kwargs)
         self.braze_conn_id = braze_conn_id
 
-    def get_conn(self) -> BrazeExportClient:
-        from include.braze_export import BrazeExportClient
+    def _endpoint_and_key(self) -> tuple[str, str]:
         from include.errors import ConfigError
 
         conn = self.get_connection(self.braze_conn_id)
@@ -53,4 +54,15 @@ class BrazeHook(BaseHook):
             )
         if not conn.password:
             raise ConfigError(f"connection {self.braze_conn_id!r} has no password; put the Braze REST API key there")
-        return BrazeExportClient(braze_base_url(conn.host, conn.schema, conn.port), conn.password)
+        return braze_base_url(conn.host, conn.schema, conn.port), conn.password
+
+    def get_conn(self) -> BrazeExportClient:
+        from include.braze_export import BrazeExportClient
+
+        return BrazeExportClient(*self._endpoint_and_key())
+
+    def get_track_client(self, limiter: RateLimiter, batch_limit: int = 75) -> BrazeTrackClient:
+        """The /users/track client, paced by `limiter`."""
+        from include.braze_track import BrazeTrackClient
+
+        return BrazeTrackClient(*self._endpoint_and_key(), limiter=limiter, batch_limit=batch_limit)

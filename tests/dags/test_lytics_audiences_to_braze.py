@@ -1,0 +1,154 @@
+"""End to end: `dag.test()` of lytics_audiences_to_braze against the Lytics and Braze sandboxes.
+
+After every run, the sandbox Braze profiles' `lytics_segments` must equal the Lytics
+membership exactly - across membership changes, injected faults, and dry runs.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import UTC, datetime
+
+import pytest
+
+from sandbox.braze_server import BrazeSandbox
+from sandbox.lytics_members import Audience, braze_id
+from sandbox.lytics_server import LyticsSandbox
+
+pytestmark = pytest.mark.slow
+
+BRAZE_KEY = "braze-l2b-key"
+LYTICS_TOKEN = "lytics-l2b-token"
+AUDIENCES = [
+    Audience("a1", "high_value", "High value", 3_000, seed=1, universe=6_000, missing_id_every=97),
+    Audience("a2", "churn_risk", "Churn risk", 2_000, seed=2, universe=6_000),
+    Audience("a3", "newsletter", "Newsletter", 1_500, seed=3, universe=6_000),
+]
+
+
+def expected_state(lytics: LyticsSandbox, audiences=AUDIENCES) -> dict[str, frozenset[str]]:
+    state: dict[str, set[str]] = {}
+    for a in audiences:
+        for i in lytics.store.members(a.id):
+            if a.has_id(i):
+                state.setdefault(braze_id(i), set()).add(a.slug)
+    return {k: frozenset(v) for k, v in state.items()}
+
+
+@pytest.fixture
+def sandboxes(tmp_path, monkeypatch, airflow_db):
+    with LyticsSandbox(LYTICS_TOKEN, AUDIENCES) as lytics, \
+            BrazeSandbox(BRAZE_KEY, track_rate_limit=400, track_rate_window=1.0) as braze:
+        monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", json.dumps({"conn_type": "http", "host": lytics.url, "password": LYTICS_TOKEN}))
+        monkeypatch.setenv("AIRFLOW_CONN_BRAZE_DEFAULT", json.dumps({"conn_type": "http", "host": braze.url, "password": BRAZE_KEY}))
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(textwrap.dedent(f"""
+            lytics_to_braze:
+              state_url: {tmp_path / "state"}
+              max_chunks: 4
+              min_chunk_users: 500
+              rate_limit_requests: 400
+              rate_limit_seconds: 1.0
+              delivery_concurrency: 1
+              audiences:
+                - {{slug: high_value, id: a1}}
+                - {{slug: churn_risk, id: a2}}
+                - {{slug: newsletter, id: a3}}
+        """))
+        monkeypatch.setenv("BRAZE_LYTICS_CONFIG", str(config))
+        _ensure_pool()
+        yield lytics, braze, tmp_path / "state"
+
+
+def _ensure_pool():
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool("braze_api", slots=4, description="Braze REST API", include_deferred=False)
+
+
+def run_dag(hour: int, **conf):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder="dags").get_dag("lytics_audiences_to_braze")
+    return dag.test(logical_date=datetime(2026, 11, 23, hour, tzinfo=UTC), run_conf=conf or None)
+
+
+def states(dag_run) -> dict:
+    return {f"{ti.task_id}[{ti.map_index}]": ti.state for ti in dag_run.get_task_instances()}
+
+
+def report_of(dag_run) -> dict:
+    ti = next(t for t in dag_run.get_task_instances() if t.task_id == "report")
+    return ti.xcom_pull(task_ids="report")
+
+
+def test_three_runs_with_membership_changes_leave_braze_exactly_in_sync(sandboxes):
+    lytics, braze, _ = sandboxes
+
+    first = run_dag(1)
+    assert first.state == "success", states(first)
+    assert braze.profiles.snapshot() == expected_state(lytics)
+    r1 = report_of(first)
+    assert r1["audiences"]["high_value"]["adds"] == 3_000 - len([i for i in lytics.store.members("a1") if i % 97 == 96])
+    assert r1["audiences"]["high_value"]["skipped_no_id"] > 0
+    assert r1["audiences"]["newsletter"]["removes"] == 0
+
+    for seed, audience in enumerate(("a1", "a2", "a3")):
+        lytics.store.churn(audience, 0.05, seed=seed)
+    lytics.store.remove("a2", list(lytics.store.members("a2"))[:10])
+    second = run_dag(2)
+    assert second.state == "success", states(second)
+    assert braze.profiles.snapshot() == expected_state(lytics)
+    r2 = report_of(second)
+    assert r2["audiences"]["churn_risk"]["removes"] >= 110  # 5% churn + 10 removed
+    assert 0 < r2["users_changed"] < 1_500  # only the changes were sent
+
+    requests_before = braze.stats["requests"]
+    third = run_dag(3)  # nothing changed in Lytics
+    assert third.state == "success", states(third)
+    assert braze.stats["requests"] == requests_before  # a run that changed nothing sends nothing
+    assert braze.profiles.snapshot() == expected_state(lytics)
+
+
+def test_dry_run_sends_and_commits_nothing(sandboxes):
+    lytics, braze, state = sandboxes
+    dry = run_dag(1, dry_run=True)
+    assert dry.state == "success", states(dry)
+    assert braze.stats["requests"] == 0
+    report = report_of(dry)
+    assert report["dry_run"] and report["users_changed"] > 0
+    payloads = [json.loads(line) for line in open(report["payload_file"])]
+    assert all(len(p["attributes"]) <= 75 for p in payloads)
+    assert sum(len(p["attributes"]) for p in payloads) == report["users_changed"]
+    assert not list(state.glob("audiences/*/committed.json"))
+
+    real = run_dag(2)  # the first real run still sees a first run: nothing was committed
+    assert real.state == "success", states(real)
+    assert report_of(real)["users_changed"] == report["users_changed"]
+    assert braze.profiles.snapshot() == expected_state(lytics)
+
+
+def test_injected_faults_still_end_in_the_exact_state(tmp_path, monkeypatch, airflow_db):
+    with LyticsSandbox(LYTICS_TOKEN, AUDIENCES) as lytics, \
+            BrazeSandbox(BRAZE_KEY, track_faults=0.10, fault_seed=5, fault_sleep=0.3) as braze:
+        monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", json.dumps({"conn_type": "http", "host": lytics.url, "password": LYTICS_TOKEN}))
+        monkeypatch.setenv("AIRFLOW_CONN_BRAZE_DEFAULT", json.dumps({"conn_type": "http", "host": braze.url, "password": BRAZE_KEY}))
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(textwrap.dedent(f"""
+            lytics_to_braze:
+              state_url: {tmp_path / "state"}
+              min_chunk_users: 1000
+              audiences: [{{slug: high_value, id: a1}}, {{slug: churn_risk, id: a2}}, {{slug: newsletter, id: a3}}]
+        """))
+        monkeypatch.setenv("BRAZE_LYTICS_CONFIG", str(config))
+        _ensure_pool()
+        retries = 0
+        for hour in (1, 2):
+            dag_run = run_dag(hour)
+            assert dag_run.state == "success", states(dag_run)
+            assert braze.profiles.snapshot() == expected_state(lytics)
+            retries += report_of(dag_run)["retries"]
+            lytics.store.churn("a1", 0.1, seed=hour)
+        assert braze.stats["faults_injected"] > 0
+        assert retries == braze.stats["faults_injected"]  # every fault was seen and retried, nothing lost
