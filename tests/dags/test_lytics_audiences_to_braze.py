@@ -152,3 +152,42 @@ def test_injected_faults_still_end_in_the_exact_state(tmp_path, monkeypatch, air
             lytics.store.churn("a1", 0.1, seed=hour)
         assert braze.stats["faults_injected"] > 0
         assert retries == braze.stats["faults_injected"]  # every fault was seen and retried, nothing lost
+
+
+def test_rejected_users_are_dead_lettered_and_retried_next_run(sandboxes):
+    lytics, braze, state = sandboxes
+    members = sorted(braze_id(i) for i in lytics.store.members("a3"))
+    rejected = set(members[:7])
+    braze.invalid_external_ids = rejected  # Braze answers 201 with errors[] for these objects
+
+    first = run_dag(1)
+
+    assert first.state == "success", states(first)  # partial success is delivered + dead-lettered
+    report = report_of(first)
+    assert report["dead_lettered"] == 7
+    assert report["audiences"]["newsletter"]["dead_lettered"] == 7
+    snapshot = braze.profiles.snapshot()
+    assert not rejected & set(snapshot)
+    assert list(state.glob("dead_letter/pending/*.parquet"))
+
+    braze.invalid_external_ids = set()  # the data problem is fixed on Braze's side
+    second = run_dag(2)  # nothing changed in Lytics: only the dead letters are sent
+
+    assert second.state == "success", states(second)
+    assert report_of(second)["users_changed"] == 7
+    assert braze.profiles.snapshot() == expected_state(lytics)
+    assert not list(state.glob("dead_letter/pending/*.parquet"))
+
+
+def test_full_resync_resends_membership_and_removes_leavers(sandboxes):
+    lytics, braze, _ = sandboxes
+    assert run_dag(1).state == "success"
+    gone = sorted(lytics.store.members("a2"))[:25]
+    lytics.store.remove("a2", gone)
+    braze.profiles.clear()  # e.g. someone wiped the attribute in Braze
+    resync = run_dag(2, full_resync=True)
+    assert resync.state == "success", states(resync)
+    report = report_of(resync)
+    assert report["audiences"]["churn_risk"]["removes"] == 25
+    assert report["audiences"]["high_value"]["adds"] == report["audiences"]["high_value"]["members"]
+    assert braze.profiles.snapshot() == expected_state(lytics)
