@@ -1,7 +1,9 @@
 """Local demo: the Braze sandbox and a demo SFTP server, wired to Airflow by Connections.
 
 `python -m sandbox.demo` runs `braze_segments_to_lytics` once (`airflow dags test`) for a
-fixed logical date and shows what landed on the "Lytics" SFTP server. `--ui` keeps the
+fixed logical date and shows what landed on the "Lytics" SFTP server, then runs
+`lytics_audiences_to_braze` twice (membership changes in between) and shows Braze's
+resulting `lytics_segments` against the Lytics sandbox. `--ui` keeps the
 sandbox running and starts `airflow standalone` (UI on http://localhost:8080, no login)
 so you can trigger runs, clear tasks and read logs yourself.
 
@@ -17,17 +19,24 @@ import csv
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from sandbox.braze_server import BrazeSandbox
 from sandbox.braze_users import SegmentSpec
+from sandbox.lytics_members import Audience
+from sandbox.lytics_server import LyticsSandbox
 from sandbox.sftp_server import DemoSftpServer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / ".demo"
 LOGICAL_DATE = "2026-11-23"
+AUDIENCES = [
+    Audience("aud_high_value", "high_value", "High value", 20_000, seed=1, universe=60_000, missing_id_every=250),
+    Audience("aud_churn_risk", "churn_risk", "Churn risk", 8_000, seed=2, universe=60_000),
+]
 SEGMENTS = [
     SegmentSpec("seg_all_users", 50_000, name="All users", missing_id_every=500),
     SegmentSpec("seg_vip_users", 5_000, name="VIP users", duplicate_every=1000),
@@ -46,7 +55,7 @@ def demo_config() -> Path:
     return target
 
 
-def airflow_env(braze: BrazeSandbox, sftp: DemoSftpServer, api_key: str) -> dict[str, str]:
+def airflow_env(braze: BrazeSandbox, sftp: DemoSftpServer, api_key: str, lytics: LyticsSandbox) -> dict[str, str]:
     home = DEMO / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     return {
@@ -60,6 +69,8 @@ def airflow_env(braze: BrazeSandbox, sftp: DemoSftpServer, api_key: str) -> dict
         "BRAZE_LYTICS_CONFIG": str(demo_config()),
         "BRAZE_LYTICS_QUARANTINE_DIR": str(DEMO / "quarantine"),
         "BRAZE_LYTICS_WORK_DIR": str(DEMO / "work"),
+        "BRAZE_LYTICS_STATE_URL": str(DEMO / "state"),
+        "AIRFLOW_CONN_LYTICS_DEFAULT": json.dumps({"conn_type": "http", "host": lytics.url, "password": lytics.token}),
         "AIRFLOW_CONN_BRAZE_DEFAULT": json.dumps({"conn_type": "http", "host": braze.url, "password": api_key}),
         "AIRFLOW_CONN_LYTICS_SFTP": json.dumps({
             "conn_type": "sftp", "host": "127.0.0.1", "port": sftp.port, "login": "lytics",
@@ -89,6 +100,19 @@ def show_results(sftp_root: Path) -> None:
         print(f"\n==> Quarantined rows (with reasons): {q}")
 
 
+def show_audiences(braze: BrazeSandbox, lytics: LyticsSandbox, when: str) -> None:
+    expected: dict[str, set[str]] = {}
+    for audience in AUDIENCES:
+        for i in lytics.store.members(audience.id):
+            if audience.has_id(i):
+                expected.setdefault(f"u{i:08d}", set()).add(audience.slug)
+    actual = braze.profiles.snapshot()
+    same = actual == {k: frozenset(v) for k, v in expected.items()}
+    print(f"\n==> Braze lytics_segments {when}: {len(actual):,} users carry audiences; "
+          f"{'identical to' if same else 'DIFFERENT FROM'} Lytics membership; "
+          f"{braze.stats['requests']:,} /users/track requests so far")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ui", action="store_true", help="start airflow standalone instead of one dags test run")
@@ -97,12 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     api_key = secrets.token_urlsafe(24)
     sftp_root = DEMO / "sftp"
     (sftp_root / "upload").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(DEMO / "state", ignore_errors=True)  # the audience sandbox starts fresh each demo
     with BrazeSandbox(api_key, SEGMENTS, export_delay=3.0) as braze, \
+            LyticsSandbox(secrets.token_urlsafe(24), AUDIENCES) as lytics, \
             DemoSftpServer(sftp_root, host_key_file=DEMO / "sftp_host_key") as sftp:
-        print(f"==> Braze sandbox on {braze.url}; demo SFTP server on 127.0.0.1:{sftp.port}")
-        env = airflow_env(braze, sftp, api_key)
-        if airflow(env, "db", "migrate") != 0:
-            print("airflow db migrate failed", file=sys.stderr)
+        print(f"==> Braze sandbox on {braze.url}; Lytics sandbox on {lytics.url}; "
+              f"demo SFTP server on 127.0.0.1:{sftp.port}")
+        env = airflow_env(braze, sftp, api_key, lytics)
+        if airflow(env, "db", "migrate") != 0 or airflow(env, "pools", "set", "braze_api", "4", "Braze REST API") != 0:
+            print("airflow db migrate / pools set failed", file=sys.stderr)
             return 1
         if args.ui:
             print("==> airflow standalone: open http://localhost:8080 and trigger braze_segments_to_lytics "
@@ -110,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             return airflow(env, "standalone")
         code = airflow(env, "dags", "test", "braze_segments_to_lytics", LOGICAL_DATE)
         show_results(sftp_root)
-        print("\nThe run " + ("succeeded." if code == 0 else f"FAILED (exit {code}); see the log above."))
+        print("\n==> braze_segments_to_lytics " + ("succeeded." if code == 0 else f"FAILED (exit {code})."))
+        for hour in ("01", "02"):
+            code = code or airflow(env, "dags", "test", "lytics_audiences_to_braze", f"{LOGICAL_DATE}T{hour}:00:00+00:00")
+            show_audiences(braze, lytics, f"after lytics_audiences_to_braze run {hour}")
+            for audience in AUDIENCES:  # users enter and leave before the next run
+                lytics.store.churn(audience.id, 0.02, seed=int(hour))
+        print("\nThe demo " + ("succeeded." if code == 0 else f"FAILED (exit {code}); see the log above."))
         return code
 
 
