@@ -62,3 +62,10 @@ def test_a_file_with_only_the_audience_section_is_valid_for_both_loaders(tmp_pat
     path = write(tmp_path, "lytics_to_braze:\n  audiences: [a]\n")
     assert load_config(path).segments == ()
     assert load_audience_config(path).audiences
+
+
+def test_shipped_default_config_has_a_valid_audience_section():
+    from include.pipeline_config import DEFAULT_CONFIG_PATH
+
+    cfg = load_audience_config(DEFAULT_CONFIG_PATH)
+    assert [a.slug for a in cfg.audiences] == ["high_value", "churn_risk"]
