@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
 
 from braze_lytics import segment_tasks
+from braze_lytics.dag_defaults import default_args
 from braze_lytics.sensors.braze_export import BrazeExportSensor
 
 LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
@@ -39,12 +40,7 @@ LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
     max_active_runs=1,  # Braze runs one export per segment at a time
     doc_md=__doc__,
     tags=["braze", "lytics", "export"],
-    default_args={
-        "retries": int(os.environ.get("BRAZE_LYTICS_TASK_RETRIES", "3")),
-        "retry_delay": timedelta(seconds=float(os.environ.get("BRAZE_LYTICS_RETRY_DELAY_SECONDS", "120"))),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=default_args(),
     params={
         "segments": Param([], type="array", items={"type": "string"},
                           description="Segment names to run (empty: every configured segment)"),

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from braze_lytics import audience_tasks
+from braze_lytics.dag_defaults import default_args
 
 BRAZE_PROFILES = Asset("braze_lytics://braze/lytics_segments")
 
@@ -39,12 +40,7 @@ BRAZE_PROFILES = Asset("braze_lytics://braze/lytics_segments")
     max_active_runs=1,  # runs diff against each other's commits: one at a time
     doc_md=__doc__,
     tags=["lytics", "braze", "audiences"],
-    default_args={
-        "retries": int(os.environ.get("BRAZE_LYTICS_TASK_RETRIES", "3")),
-        "retry_delay": timedelta(seconds=float(os.environ.get("BRAZE_LYTICS_RETRY_DELAY_SECONDS", "120"))),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=default_args(),
     params={
         "audiences": Param([], type="array", items={"type": "string"},
                            description="Audience slugs to sync (empty: every configured audience)"),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from include.errors import PermanentError, TransientError
+from include.errors import ConfigError, PermanentError, TransientError
 from include.http_calls import redact_url, send
 from include.retry import RetryPolicy, retry_call
 
@@ -30,6 +30,20 @@ _AUTH_HINT = (
     "users.export.segment permission for this workspace."
 )
 _CHUNK = 1 << 20
+
+
+def braze_session(base_url: str, api_key: str, session: requests.Session | None = None) -> tuple[str, requests.Session]:
+    """The validated REST endpoint and a session sending the key as Braze expects (Bearer, JSON)."""
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"Braze REST endpoint {base_url!r} is not a URL; set the connection's host to e.g. "
+            f"https://rest.iad-01.braze.com"
+        )
+    if not api_key:
+        raise ConfigError("Braze REST API key is empty; put it in the connection's password field")
+    session = session or requests.Session()
+    session.headers.update({"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+    return base_url.rstrip("/"), session
 
 
 @dataclass(frozen=True)
@@ -43,18 +57,9 @@ class BrazeExportClient:
 
     def __init__(self, base_url: str, api_key: str, *, policy: RetryPolicy | None = None,
                  session: requests.Session | None = None):
-        if not base_url.startswith(("http://", "https://")):
-            raise PermanentError(
-                f"Braze REST endpoint {base_url!r} is not a URL; set the connection's host to e.g. "
-                f"https://rest.iad-01.braze.com"
-            )
-        if not api_key:
-            raise PermanentError("Braze REST API key is empty; put it in the connection's password field")
-        self.base_url = base_url.rstrip("/")
+        self.base_url, self.session = braze_session(base_url, api_key, session)
         self._api_key = api_key
         self.policy = policy or RetryPolicy()
-        self.session = session or requests.Session()
-        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
 
     def start_segment_export(self, segment_id: str, fields_to_export: list[str], output_format: str = "zip") -> ExportJob:
         """Ask Braze to export a segment; returns where the file will appear."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import requests
 
+from include.braze_export import braze_session
 from include.errors import ConfigError, NotFoundError, PermanentError, TransientError
 from include.http_calls import raise_for_status, redact_url, send, server_wait_seconds
 from include.rate_limit import RateLimiter
@@ -72,25 +73,17 @@ class BrazeTrackClient:
     def __init__(self, base_url: str, api_key: str, *, limiter: RateLimiter | None = None,
                  policy: RetryPolicy | None = None, timeout: tuple[float, float] = (5, 30),
                  batch_limit: int = HARD_MAX_OBJECTS, session: requests.Session | None = None):
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"Braze REST endpoint {base_url!r} is not a URL; set the connection's host to e.g. "
-                f"https://rest.iad-01.braze.com"
-            )
-        if not api_key:
-            raise ConfigError("Braze REST API key is empty; put it in the connection's password field")
         if not 1 <= batch_limit <= HARD_MAX_OBJECTS:
             raise ConfigError(
                 f"Braze batch size {batch_limit} is out of range: 1..{HARD_MAX_OBJECTS} (hard max 75 per "
                 f"Braze docs; {MAU_PLAN_MAX_OBJECTS} for 'Monthly Active Users CY 24-25' workspaces)"
             )
-        self.url = f"{base_url.rstrip('/')}/users/track"
+        base_url, self.session = braze_session(base_url, api_key, session)
+        self.url = f"{base_url}/users/track"
         self.limiter = limiter or RateLimiter()
         self.policy = policy or RetryPolicy()
         self.timeout = timeout
         self.batch_limit = batch_limit
-        self.session = session or requests.Session()
-        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
 
     def track(self, attributes: list[dict], *, update_existing_only: bool = False) -> TrackResult:
         """Send one batch; per-object rejections come back in `failed`, whole-request failures raise.

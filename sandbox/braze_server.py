@@ -68,6 +68,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from sandbox.background_server import BackgroundHttpServer
 from sandbox.braze_profiles import ID_KINDS, ArrayOps, ProfileStore, Update
 from sandbox.braze_users import SegmentSpec, export_lines
 
@@ -259,7 +260,7 @@ class _Server(ThreadingHTTPServer):
     sandbox: BrazeSandbox
 
 
-class BrazeSandbox:
+class BrazeSandbox(BackgroundHttpServer):
     """Fake Braze REST API (segment export + users/track) on loopback.
 
     Use as a context manager or start()/stop(). ``/users/track`` options (keyword-only):
@@ -281,6 +282,10 @@ class BrazeSandbox:
       connection without a response). A faulted request applies nothing and does not count
       against the rate limit.
     """
+
+    _server_class = _Server
+    _handler_class = _Handler
+    _thread_name = "braze-sandbox"
 
     def __init__(
         self,
@@ -356,53 +361,21 @@ class BrazeSandbox:
             0,
         )
         self.files_generated = 0  # how many export files were written (each export at most once)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._init_background()
         for spec in segments:
             self.add_segment(spec)
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> BrazeSandbox:
-        if self._server is not None:
-            return self
+    def _before_start(self) -> None:
         if self._given_data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="braze-sandbox-"))
         else:
             self.data_dir = self._given_data_dir
             self.data_dir.mkdir(parents=True, exist_ok=True)
-        server = _Server((self.host, self.port), _Handler)
-        server.sandbox = self
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="braze-sandbox", daemon=True
-        )
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+    def _after_stop(self) -> None:
         if self._given_data_dir is None and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> BrazeSandbox:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("BrazeSandbox is not started")
-        return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------------ test knobs
     def add_segment(self, spec: SegmentSpec) -> None:

@@ -51,6 +51,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from sandbox.background_server import BackgroundHttpServer
 from sandbox.lytics_members import Audience, MembershipStore, user_record
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "RESET", "Audience", "LyticsSandbox", "MembershipStore", "main"]
@@ -194,12 +195,16 @@ class _Server(ThreadingHTTPServer):
     sandbox: LyticsSandbox
 
 
-class LyticsSandbox:
+class LyticsSandbox(BackgroundHttpServer):
     """Fake Lytics segment API on loopback. Use as a context manager or start()/stop().
 
     ``store`` is the live :class:`MembershipStore`: change membership through it (``add``,
     ``remove``, ``churn``) between -- or during -- scans.
     """
+
+    _server_class = _Server
+    _handler_class = _Handler
+    _thread_name = "lytics-sandbox"
 
     def __init__(
         self,
@@ -231,47 +236,11 @@ class LyticsSandbox:
         self._fail_count = 0
         self._fail_status: int | str = 500
         self._limiter = _RateLimiter(rate_limit_per_sec) if rate_limit_per_sec else None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._init_background()
         for a in audiences:
             self.add_audience(a)
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> LyticsSandbox:
-        if self._server is not None:
-            return self
-        server = _Server((self.host, self.port), _Handler)
-        server.sandbox = self
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="lytics-sandbox", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def __enter__(self) -> LyticsSandbox:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("LyticsSandbox is not started")
-        return f"http://{self.host}:{self.port}"
-
     # ------------------------------------------------------------------ test knobs
     def add_audience(self, audience: Audience) -> None:
         """Add (or redefine, resetting its membership) an audience."""
