@@ -242,6 +242,8 @@ def commit_run(store: StateStore, run_key: str, plan: dict, scans: list[dict]) -
             store.delete(key)
     result = {"committed_at": now, "audiences": [s["slug"] for s in scans], "dead_lettered": len(failed)}
     store.write_json(marker, result)
+    for i in range(plan["chunks"]):  # the payloads are delivered; keep plan, progress and report only
+        store.delete(f"runs/{run_key}/chunks/{i}.parquet")
     return result
 
 

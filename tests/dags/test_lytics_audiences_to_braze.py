@@ -84,7 +84,7 @@ def report_of(dag_run) -> dict:
 
 
 def test_three_runs_with_membership_changes_leave_braze_exactly_in_sync(sandboxes):
-    lytics, braze, _ = sandboxes
+    lytics, braze, state_dir = sandboxes
 
     first = run_dag(1)
     assert first.state == "success", states(first)
@@ -104,6 +104,7 @@ def test_three_runs_with_membership_changes_leave_braze_exactly_in_sync(sandboxe
     assert r2["audiences"]["churn_risk"]["removes"] >= 110  # 5% churn + 10 removed
     assert 0 < r2["users_changed"] < 1_500  # only the changes were sent
 
+    assert not list(state_dir.glob("runs/*/chunks/*.parquet"))  # delivered payloads are not kept
     requests_before = braze.stats["requests"]
     third = run_dag(3)  # nothing changed in Lytics
     assert third.state == "success", states(third)
