@@ -11,11 +11,19 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from include.errors import PermanentError
+
+try:  # ISA-L inflates about twice as fast as zlib (bench/); the stdlib is the fallback
+    from isal import igzip as _gzip
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - isal is pinned in requirements.txt
+    _gzip, _zlib = gzip, zlib
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
@@ -70,18 +78,78 @@ def _member_streams(path: Path, members: list[str] | None = None) -> Iterator[tu
         with zipfile.ZipFile(path) as zf:
             names = _data_members(zf) if members is None else members
             for name in names:
-                with zf.open(name) as member:
+                with _open_member(zf, path, name) as member:
                     if name.lower().endswith(".gz"):
-                        with gzip.GzipFile(fileobj=member) as gz:
+                        with _gzip.GzipFile(fileobj=member) as gz:
                             yield f"{path.name}!{name}", io.BufferedReader(gz, 1 << 20)
                     else:
                         yield f"{path.name}!{name}", io.BufferedReader(member, 1 << 20)
     elif magic[:2] == _GZIP_MAGIC:
-        with gzip.open(path, "rb") as gz:  # handles multi-member gzip (one member per Braze file)
+        with _gzip.open(path, "rb") as gz:  # handles multi-member gzip (one member per Braze file)
             yield path.name, io.BufferedReader(gz, 1 << 20)
     else:
         with open(path, "rb", buffering=1 << 20) as fh:
             yield path.name, fh
+
+
+def _open_member(zf: zipfile.ZipFile, path: Path, name: str):
+    """A zip member's bytes; deflated members inflate with ISA-L when available (~2x zlib here)."""
+    info = zf.getinfo(name)
+    if _zlib is zlib or info.compress_type != zipfile.ZIP_DEFLATED or info.flag_bits & 0x1:
+        return zf.open(info)  # stdlib path: stored/encrypted/other methods, or no isal installed
+    return _InflatingReader(path, info)
+
+
+class _InflatingReader(io.RawIOBase):
+    """Streams one deflated zip member through a fast inflater, checking size and CRC-32 at the end."""
+
+    def __init__(self, path: Path, info: zipfile.ZipInfo):
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._fh.seek(info.header_offset)
+        local = self._fh.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise PermanentError(f"{path.name}!{info.filename}: damaged zip (bad local header); re-export the file")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        self._fh.seek(info.header_offset + 30 + name_len + extra_len)
+        self._left = info.compress_size
+        self._info, self._where = info, f"{path.name}!{info.filename}"
+        self._inflater = _zlib.decompressobj(-15)
+        self._out, self._pos, self._crc, self._size, self._done = b"", 0, 0, 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def _refill(self) -> None:
+        if self._left:
+            chunk = self._fh.read(min(1 << 20, self._left))
+            if not chunk:
+                raise PermanentError(f"{self._where}: the zip file is truncated; re-download it")
+            self._left -= len(chunk)
+            try:
+                self._out = self._inflater.decompress(chunk)
+            except _zlib.error as exc:
+                raise PermanentError(f"{self._where}: corrupt compressed data ({exc}); re-export the file") from None
+        else:
+            self._out, self._done = self._inflater.flush(), True
+        self._pos = 0
+        self._crc = _zlib.crc32(self._out, self._crc)
+        self._size += len(self._out)
+        if self._done and (self._size != self._info.file_size or self._crc != self._info.CRC):
+            raise PermanentError(f"{self._where}: size or CRC-32 does not match the zip directory; the file is corrupt")
+
+    def readinto(self, buffer) -> int:
+        while self._pos >= len(self._out):
+            if self._done:
+                return 0
+            self._refill()
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _is_junk(name: str) -> bool:

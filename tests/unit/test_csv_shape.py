@@ -222,3 +222,32 @@ def test_compression_is_byte_identical_across_reruns_and_readable(tmp_path, comp
                 assert zf.read("braze_20261123.csv") == b"user_id,ts\r\nu1,x\r\n"
         assert not plain.exists()
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("cell", ["plain", "", "a,b", 'say "hi"', "line\nbreak", "cr\rhere", "crlf\r\n", '"', " spaced ", "Zoë,李"])
+def test_cell_quoting_matches_the_csv_module_exactly(cell):
+    from include.csv_shape import _quote
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow([cell, "x"])
+    assert f"{_quote(cell)},x\r\n" == buf.getvalue()
+
+
+def test_corrupt_zip_member_is_a_clear_error_not_a_short_file(tmp_path):
+    from include.errors import PermanentError
+    from include.export_files import iter_json_lines
+
+    export = ndjson_zip(tmp_path / "e.zip", list(export_lines(SegmentSpec("bad", 3000), None)))
+    data = bytearray(export.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip a byte in the compressed stream
+    export.write_bytes(bytes(data))
+    with pytest.raises(PermanentError, match=r"e\.zip!export/part-0000\.json: .*(corrupt|CRC)"):
+        sum(1 for _ in iter_json_lines(export))
+
+
+def test_stored_zip_members_are_read_too(tmp_path):
+    lines = list(export_lines(SegmentSpec("st", 100), None))
+    stored = tmp_path / "stored.zip"
+    with zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.json", b"".join(lines))
+    assert shape_export(stored, shaper(), tmp_path / "o.csv", tmp_path / "q.csv").rows_written == 100
