@@ -13,8 +13,11 @@ demo:             ## run braze_segments_to_lytics once against the local sandbox
 demo-ui:          ## sandbox + Airflow UI on http://localhost:8080
 	bash scripts/demo.sh --ui
 
-bench:            ## benchmarks (prints tables; see bench/README.md)
-	bash scripts/setup.sh && PYTHONPATH=.:plugins .venv/bin/python -m bench.run_b2l
+bench:            ## all benchmarks (prints tables, writes bench/results_*.md; see bench/README.md)
+	bash scripts/setup.sh
+	PYTHONPATH=.:plugins .venv/bin/python -m bench.run_b2l
+	PYTHONPATH=.:plugins .venv/bin/python -m bench.run_l2b_diff
+	PYTHONPATH=.:plugins .venv/bin/python -m bench.run_l2b_delivery
 
 lint:
 	.venv/bin/ruff check .
