@@ -63,7 +63,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -638,23 +637,12 @@ def _full_gcs(r: Result) -> str:
 
 
 def machine() -> str:
-    import psutil
-
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = psutil.virtual_memory().total / (1024**3)
     import requests
     import urllib3
 
-    return (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {mem:.1f} GiB RAM, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}, "
-            f"requests {requests.__version__}, urllib3 {urllib3.__version__}")
+    from bench.run_b2l import machine as machine_facts
+
+    return f"{machine_facts()}, requests {requests.__version__}, urllib3 {urllib3.__version__}"
 
 
 def _load(avg: tuple[float, float, float]) -> str:
