@@ -66,12 +66,13 @@ def format_value(value) -> str:
     return orjson.dumps(value).decode()
 
 
-def _compile_row(paths: list[tuple[str, ...]], timestamp_value: str):
-    """Build `record -> row` for this header as one flat function.
+def _compile_row(paths: list[tuple[str, ...]], timestamp_value: str, id_index: int):
+    """Build `record -> (CSV line, id cell)` for this header as one flat function.
 
-    Shaping is the hot loop (millions of records); a generated function with each lookup
-    spelled out runs about twice as fast as walking the paths generically per record.
-    Field names only ever appear as string literals (repr), never as code.
+    Shaping is the hot loop (millions of records); a generated function with each lookup and
+    each cell's RFC 4180 quoting spelled out inline runs several times faster than walking the
+    paths and calling a formatter per cell. Field names only ever appear as string literals
+    (repr), never as code.
     """
     lines = ["def row(r):"]
     cells = []
@@ -86,11 +87,17 @@ def _compile_row(paths: list[tuple[str, ...]], timestamp_value: str):
                 parents[parent] = name
         v = f"v{len(cells)}"
         lines.append(f"    {v} = {parents[path[:-1]]}.get({path[-1]!r})")
-        cells.append(f"{v} if type({v}) is str else fmt({v})")
-    lines.append(f"    return [{', '.join(cells)}, TS]")
-    namespace = {"EMPTY": {}, "fmt": format_value, "TS": timestamp_value}
+        # A plain string without , " CR or LF is written as is; anything else goes through Q.
+        lines.append(f"    {v} = {v} if type({v}) is str and not NEEDS({v}) else Q({v})")
+        cells.append(v)
+    lines.append(f"    return ','.join([{', '.join(cells)}, TS]), v{id_index}")
+    namespace = {"EMPTY": {}, "Q": _quoted_cell, "NEEDS": _NEEDS_QUOTES, "TS": _quote(timestamp_value)}
     exec("\n".join(lines), namespace)  # noqa: S102 - code built above from literals only
     return namespace["row"]
+
+
+def _quoted_cell(value) -> str:
+    return _quote(format_value(value))
 
 
 def _lookup(record: dict, path: tuple[str, ...]):
@@ -125,7 +132,7 @@ class CsvShaper:
         self.nested = nested
         self._paths = [tuple(src.split(".")) if nested else (src,) for src in columns.values()]
         self._id_path = tuple(id_field.split(".")) if nested else (id_field,)
-        self._row = _compile_row(self._paths, timestamp_value)
+        self._row = _compile_row(self._paths, timestamp_value, self.id_index)
 
     # --- record -> row ------------------------------------------------------------------------
 
@@ -138,8 +145,9 @@ class CsvShaper:
             return None
         return f"{self.id_field} is not a string ({type(value).__name__})"
 
-    def _rows(self, records: Iterable[tuple], quarantine: _QuarantineRows, stats: ShapeStats) -> Iterator[list[str]]:
-        """Valid rows; everything else goes to quarantine with its reason.
+    def _rows(self, records: Iterable[tuple], quarantine: _QuarantineRows,
+              stats: ShapeStats) -> Iterator[tuple[str, str]]:
+        """(CSV line, id cell) of each valid record; everything else goes to quarantine with its reason.
 
         `records` are `(source, line_no, payload)`: payload is an NDJSON line (bytes), a CSV
         row (dict), or, for a CSV row with the wrong field count, its raw text (str).
@@ -188,14 +196,13 @@ class CsvShaper:
         """Write rows (after the header if asked) and rejected rows; return counts and id hashes."""
         stats = ShapeStats()
         ids = array("q")  # hash of each written row's id, in row order: 8 bytes a row
-        id_index = self.id_index
         with _QuarantineRows(rejects_path) as quarantine, open(rows_path, "w", encoding="utf-8", newline="") as fh:
             if header:
                 fh.write(",".join([_quote(h) for h in self.header]) + "\r\n")
             batch: list[str] = []
-            for row in self._rows(records, quarantine, stats):
-                ids.append(hash(row[id_index]))
-                batch.append(",".join([_quote(cell) for cell in row]))
+            for line, key in self._rows(records, quarantine, stats):
+                ids.append(hash(key))
+                batch.append(line)
                 if len(batch) >= _BATCH:
                     batch.append("")
                     fh.write("\r\n".join(batch))
