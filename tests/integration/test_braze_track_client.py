@@ -23,7 +23,7 @@ FAST = RetryPolicy(attempts=5, base_delay=0.05, max_delay=0.25)  # sandbox fault
 
 @pytest.fixture
 def sb():
-    with BrazeSandbox(KEY, invalid_external_ids=lambda x: x.startswith("bad-"), fault_sleep=0.5) as sandbox:
+    with BrazeSandbox(KEY, invalid_external_ids=lambda x: x.startswith("bad-"), fault_sleep=2.0) as sandbox:
         yield sandbox
 
 
@@ -182,7 +182,7 @@ class CountingLimiter(RateLimiter):
 @pytest.mark.parametrize("fault", ["reset", 500, 503, 429, "timeout"])
 def test_transient_faults_are_retried_through_the_limiter_and_applied(sb, fault, caplog):
     limiter = CountingLimiter()
-    client = _client(sb, limiter=limiter, timeout=(1, 0.3))
+    client = _client(sb, limiter=limiter, timeout=(1, 1.0))
     sb.fail_next(2, fault)
     with caplog.at_level(logging.WARNING, logger="include.retry"):
         result = client.track([_obj("u1", add=["a"])])
@@ -260,8 +260,10 @@ def test_a_limiter_more_generous_than_the_server_obeys_its_429s():
 
 # --------------------------------------------------------------------------- fault injection
 def test_seeded_faults_never_lose_or_double_a_change():
-    with BrazeSandbox(KEY, track_faults=0.1, fault_seed=20261123, fault_sleep=0.5) as sandbox:
-        client = _client(sandbox, timeout=(1, 0.3), policy=RetryPolicy(attempts=8, base_delay=0.02, max_delay=0.2))
+    # Injected "timeouts" sleep 1.5 s against a 0.6 s read timeout; an ordinary request stays far
+    # below 0.6 s even on a loaded CI machine (at 0.3 s one did not, and was retried unprovoked).
+    with BrazeSandbox(KEY, track_faults=0.1, fault_seed=20261123, fault_sleep=1.5) as sandbox:
+        client = _client(sandbox, timeout=(1, 0.6), policy=RetryPolicy(attempts=8, base_delay=0.02, max_delay=0.2))
         rng = random.Random(5)
         state: dict[str, set[str]] = {}
         total_retries = 0
