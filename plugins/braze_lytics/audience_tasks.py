@@ -117,8 +117,10 @@ def report(context) -> dict:
     run_key = _run_key(context)
     plan_key = f"runs/{run_key}/plan.json"
     if not store.exists(plan_key):
-        log.warning("No plan for this run: nothing to report")
-        return {"run_key": run_key, "audiences": {}}
+        from airflow.sdk.exceptions import AirflowFailException
+
+        # report is the DAG's only leaf: it must fail when the run did not get as far as a plan.
+        raise AirflowFailException("this run has no plan: scanning or planning failed; see those tasks' logs")
     summary = run_report(store, run_key, store.read_json(plan_key))
     lines = ["| audience | members | adds | removes | skipped (no id) | requests | retries | dead-lettered | data points |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

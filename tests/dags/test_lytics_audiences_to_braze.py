@@ -192,3 +192,13 @@ def test_full_resync_resends_membership_and_removes_leavers(sandboxes):
     assert report["audiences"]["churn_risk"]["removes"] == 25
     assert report["audiences"]["high_value"]["adds"] == report["audiences"]["high_value"]["members"]
     assert braze.profiles.snapshot() == expected_state(lytics)
+
+
+def test_a_run_that_cannot_scan_fails_instead_of_reporting_success(sandboxes, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", json.dumps(
+        {"conn_type": "http", "host": sandboxes[0].url, "password": "wrong-token"}))
+    dag_run = run_dag(1)
+    assert dag_run.state == "failed"
+    snapshot = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "snapshot_audience")
+    assert snapshot.state == "failed" and snapshot.try_number == 1  # a bad token is not retried
+    assert sandboxes[1].stats["requests"] == 0
