@@ -160,6 +160,9 @@ def summarize(reports, expected: list[dict]) -> dict:
     """The run's summary; fails the run (after reporting) if any segment did not deliver."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    if expected is None:
+        raise AirflowFailException("no segments were planned: plan_segments failed (see its log, usually the "
+                                   "configuration file)")
     # Airflow 3.3.2 hands over a mapped task group's single result as the bare dict, and
     # several results as a lazy sequence (with None for instances that pushed nothing).
     reports = [reports] if isinstance(reports, dict) else list(reports or [])

@@ -308,3 +308,14 @@ def test_export_that_never_becomes_ready_times_out_with_advice(tmp_path, monkeyp
     out = capfd.readouterr().out
     assert "segment 'slow': Braze has not finished the export within 3 seconds (export_timeout_minutes)" in out
     assert "clear this segment's tasks from start_export on" in out
+
+
+def test_a_broken_configuration_fails_the_run_with_the_key_to_fix(tmp_path, monkeypatch, connections, capfd):
+    monkeypatch.setenv("BRAZE_LYTICS_CONFIG", write_config(tmp_path, [
+        {"name": "typo", "segment_id": "s", "compresion": "gzip", "columns": GZIP_COLUMNS}]))
+    dag_run = run_dag()
+    assert dag_run.state == "failed"
+    states = {ti.task_id: (ti.state, ti.try_number) for ti in dag_run.get_task_instances()}
+    assert states["plan_segments"] == ("failed", 1)  # not retried: config errors need a person
+    out = capfd.readouterr().out
+    assert "segments[0] (typo).compresion: unknown key (did you mean 'compression'?)" in out
