@@ -170,6 +170,20 @@ class _RateLimiter:
             return self._headers(now)
 
 
+def _json_object(headers, body: bytes) -> tuple[dict, str | None]:
+    """The request's JSON object, or the 400 message saying what is wrong with it."""
+    ctype = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json":
+        return {}, "Content-Type must be application/json"
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        return {}, f"Invalid JSON in request body: {e}"
+    if not isinstance(payload, dict):
+        return {}, "Request body must be a JSON object"
+    return payload, None
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "BrazeSandbox/1.0"
@@ -495,15 +509,9 @@ class BrazeSandbox(BackgroundHttpServer):
         def bad(message: str) -> _Response:
             return _json(400, {"message": message}, **rl_headers)
 
-        ctype = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json":
-            return bad("Content-Type must be application/json")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            return bad(f"Invalid JSON in request body: {e}")
-        if not isinstance(payload, dict):
-            return bad("Request body must be a JSON object")
+        payload, problem = _json_object(headers, body)
+        if problem:
+            return bad(problem)
 
         segment_id = payload.get("segment_id")
         if not isinstance(segment_id, str) or not segment_id:
@@ -594,15 +602,9 @@ class BrazeSandbox(BackgroundHttpServer):
                 payload["errors"] = errors
             return _json(400, payload, **rl_headers)
 
-        ctype = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json":
-            return bad("Content-Type must be application/json")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            return bad(f"Invalid JSON in request body: {e}")
-        if not isinstance(payload, dict):
-            return bad("Request body must be a JSON object")
+        payload, problem = _json_object(headers, body)
+        if problem:
+            return bad(problem)
         arrays: dict[str, list] = {}
         for name in TRACK_ARRAYS:
             value = payload.get(name)

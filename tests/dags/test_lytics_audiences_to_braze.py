@@ -6,8 +6,8 @@ membership exactly - across membership changes, injected faults, and dry runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import textwrap
 from datetime import UTC, datetime
 
 import pytest
@@ -36,29 +36,27 @@ def expected_state(lytics: LyticsSandbox, audiences=AUDIENCES) -> dict[str, froz
     return {k: frozenset(v) for k, v in state.items()}
 
 
-@pytest.fixture
-def sandboxes(tmp_path, monkeypatch, airflow_db):
-    with LyticsSandbox(LYTICS_TOKEN, AUDIENCES) as lytics, \
-            BrazeSandbox(BRAZE_KEY, track_rate_limit=400, track_rate_window=1.0) as braze:
+@contextlib.contextmanager
+def wired_sandboxes(tmp_path, monkeypatch, settings: dict, **braze_options):
+    """Both sandboxes, the connections and a pipeline file pointing at them, and the pool."""
+    with LyticsSandbox(LYTICS_TOKEN, AUDIENCES) as lytics, BrazeSandbox(BRAZE_KEY, **braze_options) as braze:
         monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", json.dumps({"conn_type": "http", "host": lytics.url, "password": LYTICS_TOKEN}))
         monkeypatch.setenv("AIRFLOW_CONN_BRAZE_DEFAULT", json.dumps({"conn_type": "http", "host": braze.url, "password": BRAZE_KEY}))
+        section = {"state_url": str(tmp_path / "state"), **settings,
+                   "audiences": [{"slug": a.slug, "id": a.id} for a in AUDIENCES]}
         config = tmp_path / "pipeline.yaml"
-        config.write_text(textwrap.dedent(f"""
-            lytics_to_braze:
-              state_url: {tmp_path / "state"}
-              max_chunks: 4
-              min_chunk_users: 500
-              rate_limit_requests: 400
-              rate_limit_seconds: 1.0
-              delivery_concurrency: 1
-              audiences:
-                - {{slug: high_value, id: a1}}
-                - {{slug: churn_risk, id: a2}}
-                - {{slug: newsletter, id: a3}}
-        """))
+        config.write_text(json.dumps({"lytics_to_braze": section}))  # JSON is YAML
         monkeypatch.setenv("BRAZE_LYTICS_CONFIG", str(config))
         _ensure_pool()
         yield lytics, braze, tmp_path / "state"
+
+
+@pytest.fixture
+def sandboxes(tmp_path, monkeypatch, airflow_db):
+    settings = {"max_chunks": 4, "min_chunk_users": 500, "rate_limit_requests": 400, "rate_limit_seconds": 1.0,
+                "delivery_concurrency": 1}
+    with wired_sandboxes(tmp_path, monkeypatch, settings, track_rate_limit=400, track_rate_window=1.0) as wired:
+        yield wired
 
 
 def _ensure_pool():
@@ -131,19 +129,8 @@ def test_dry_run_sends_and_commits_nothing(sandboxes):
 
 
 def test_injected_faults_still_end_in_the_exact_state(tmp_path, monkeypatch, airflow_db):
-    with LyticsSandbox(LYTICS_TOKEN, AUDIENCES) as lytics, \
-            BrazeSandbox(BRAZE_KEY, track_faults=0.10, fault_seed=5, fault_sleep=0.3) as braze:
-        monkeypatch.setenv("AIRFLOW_CONN_LYTICS_DEFAULT", json.dumps({"conn_type": "http", "host": lytics.url, "password": LYTICS_TOKEN}))
-        monkeypatch.setenv("AIRFLOW_CONN_BRAZE_DEFAULT", json.dumps({"conn_type": "http", "host": braze.url, "password": BRAZE_KEY}))
-        config = tmp_path / "pipeline.yaml"
-        config.write_text(textwrap.dedent(f"""
-            lytics_to_braze:
-              state_url: {tmp_path / "state"}
-              min_chunk_users: 1000
-              audiences: [{{slug: high_value, id: a1}}, {{slug: churn_risk, id: a2}}, {{slug: newsletter, id: a3}}]
-        """))
-        monkeypatch.setenv("BRAZE_LYTICS_CONFIG", str(config))
-        _ensure_pool()
+    with wired_sandboxes(tmp_path, monkeypatch, {"min_chunk_users": 1000},
+                         track_faults=0.10, fault_seed=5, fault_sleep=0.3) as (lytics, braze, _):
         retries = 0
         for hour in (1, 2):
             dag_run = run_dag(hour)
