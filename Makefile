@@ -1,7 +1,7 @@
 # Shortcuts; each target is one script in scripts/, usable without make.
 .PHONY: setup test demo demo-ui bench lint lock
 
-setup:            ## venv + pinned requirements + openssh-server/gnupg
+setup:            ## venv + pinned requirements (+ dev) + the project, editable + openssh-server/gnupg
 	bash scripts/setup.sh
 
 test:             ## the whole test suite (what CI runs)
@@ -15,9 +15,9 @@ demo-ui:          ## sandbox + Airflow UI on http://localhost:8080
 
 bench:            ## all benchmarks (prints tables, writes bench/results_*.md; see bench/README.md)
 	bash scripts/setup.sh
-	PYTHONPATH=.:plugins .venv/bin/python -m bench.run_b2l
-	PYTHONPATH=.:plugins .venv/bin/python -m bench.run_l2b_diff
-	PYTHONPATH=.:plugins .venv/bin/python -m bench.run_l2b_delivery
+	.venv/bin/python -m bench.run_b2l
+	.venv/bin/python -m bench.run_l2b_diff
+	.venv/bin/python -m bench.run_l2b_delivery
 
 lint:
 	.venv/bin/ruff check .

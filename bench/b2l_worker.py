@@ -81,7 +81,7 @@ def task_shape(t: dict) -> dict:
     import concurrent.futures  # noqa: F401
     import multiprocessing  # noqa: F401
 
-    from include.csv_shape import CsvShaper, shape_export
+    from include.segments_to_lytics.csv_shape import CsvShaper, shape_export
 
     shaper = CsvShaper(COLUMNS, id_field="external_id", timestamp_column=TIMESTAMP_COLUMN,
                        timestamp_value=TIMESTAMP_VALUE)
@@ -93,7 +93,7 @@ def task_shape(t: dict) -> dict:
 
 
 def task_encrypt(t: dict) -> dict:
-    from include.pgp_crypto import encrypt_file
+    from include.clients.pgp.files import encrypt_file
 
     key = Path(t["key_file"]).read_text()
     start = time.perf_counter()
@@ -104,7 +104,7 @@ def task_encrypt(t: dict) -> dict:
 def task_deliver(t: dict) -> dict:
     import paramiko  # noqa: F401 - imported lazily by open_sftp; import before the clock
 
-    from include.sftp_delivery import SftpSettings, deliver
+    from include.clients.sftp import SftpSettings, deliver
 
     settings = SftpSettings(**t["settings"])
     start = time.perf_counter()

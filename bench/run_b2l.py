@@ -1,14 +1,14 @@
 """Benchmark of the Braze -> Lytics pipeline core against reference tools, in one command.
 
-    PYTHONPATH=.:plugins .venv/bin/python -m bench.run_b2l [--users 500000] [--out bench/results_b2l.md]
+    .venv/bin/python -m bench.run_b2l [--users 500000] [--out bench/results_b2l.md]
 
 Steps (see bench/README.md for what each one means and how to read the table):
 
 1. data prep (not timed): a Braze-style export zip of NDJSON files (5,000 users each) in bench/.data/,
    plus the same files extracted for DuckDB; reused on the next run when the user count matches.
-2. shaping: include.csv_shape.shape_export (workers=2 and 1) vs DuckDB read_ndjson -> COPY CSV.
-3. PGP encrypt: include.pgp_crypto.encrypt_file vs the gpg CLI.
-4. SFTP upload to a real OpenSSH sshd: include.sftp_delivery.deliver vs the OpenSSH sftp CLI.
+2. shaping: include.segments_to_lytics.csv_shape.shape_export (workers=2 and 1) vs DuckDB read_ndjson -> COPY CSV.
+3. PGP encrypt: include.clients.pgp.files.encrypt_file vs the gpg CLI.
+4. SFTP upload to a real OpenSSH sshd: include.clients.sftp.deliver vs the OpenSSH sftp CLI.
 5. DAG parse: executing each file in dags/ after `import airflow.sdk`, in a fresh interpreter.
 
 Every measured run is a fresh child process; its peak RSS is the larger of (a) the highest sum of
@@ -146,8 +146,7 @@ def _rss_hwm(pid: int) -> tuple[int, int]:
 
 
 def worker_env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins")])
+    env = dict(os.environ)  # the project is installed (scripts/setup.sh); `-m bench...` runs from the repo root
     env.update(extra or {})
     return env
 
@@ -649,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {machine()}",
         f"- Load average (1/5/15 min): {_load(load_start)} at start, {_load(load_end)} at end "
         "(other processes may share the CPUs; see the per-run load in the details)",
-        "- Command: `PYTHONPATH=.:plugins .venv/bin/python -m bench.run_b2l "
+        "- Command: `.venv/bin/python -m bench.run_b2l "
         f"--users {args.users}`",
         f"- Times: best of {REPEATS} (DAG parse: best of {DAG_REPEATS}), ours and baseline alternating in one run; "
         "peak RSS: the best run's, whole process tree (Python interpreter included for ours).",

@@ -19,13 +19,13 @@ imports), `tuned` (`gc.freeze()` + `gc.set_threshold(50_000, 20, 100)`: no full 
 
 Client: the pipeline's own path. The changes are written once as chunk Parquet files in a temp
 `StateStore` (`split_chunks(table, workers, 1)` -> `runs/<key>/chunks/<i>.parquet`, as
-`plan_changes` does), then every chunk is delivered by `include.audience_sync.deliver_chunk` with
+`plan_changes` does), then every chunk is delivered by `include.audiences_to_braze.delivery.deliver_chunk` with
 `BrazeTrackClient.track` (requests, retries, `observe()` of the rate-limit headers, checkpoints
 every 20 batches with fsync - all included). Variants:
 
 - `processes` (headline; the DAG's shape): one fresh process per chunk, like the mapped
   `deliver_chunk` tasks in the `braze_api` pool, each with its own `RateLimiter(limit // workers,
-  window)` (`audience_tasks.deliver_chunk` splits the budget the same way);
+  window)` (`braze_lytics.tasks.audiences_to_braze.deliver_chunk` splits the budget the same way);
 - `threads` (context): one process, one thread per chunk, each with its own client and session,
   all sharing one `RateLimiter(limit, window)`;
 - `processes-gc-tuned` (context): `processes` against a sandbox whose GC is `tuned` (above) - what
@@ -125,10 +125,11 @@ def worker_main(task: dict) -> int:
     """Build the client(s), say READY, wait for GO on stdin, deliver, print BENCH_RESULT."""
     import resource
 
-    from include.audience_sync import PlanOptions, deliver_chunk
-    from include.braze_track import BrazeTrackClient
-    from include.rate_limit import RateLimiter
-    from include.state_store import StateStore
+    from include.audiences_to_braze.delivery import deliver_chunk
+    from include.audiences_to_braze.planning import PlanOptions
+    from include.clients.braze.track import BrazeTrackClient
+    from include.clients.state_store import StateStore
+    from include.common.rate_limit import RateLimiter
 
     class RecordingLimiter(RateLimiter):
         """The pipeline's limiter; also notes when each attempt was let go and how long it waited."""
@@ -368,17 +369,15 @@ class Sandbox:
 
 
 def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins")])
-    return env
+    return dict(os.environ)  # the project is installed (scripts/setup.sh); `-m bench...` runs from the repo root
 
 
 def write_chunks(store_dir: Path, run_key: str, changes: int, chunks: int) -> None:
     """The changes as plan_changes writes them: a sorted per-user table split into contiguous chunks."""
     import pyarrow as pa
 
-    from include.audience_diff import split_chunks
-    from include.state_store import StateStore
+    from include.audiences_to_braze.diff import split_chunks
+    from include.clients.state_store import StateStore
 
     width = max(6, len(str(changes - 1)))
     table = pa.table({

@@ -4,7 +4,7 @@
 
 What is compared (one audience, `--members` ids, `--churn` of them left and as many new ones came):
 
-- ours: `include.audience_diff.diff_audience` (adds = current - previous, removes = previous -
+- ours: `include.audiences_to_braze.diff.diff_audience` (adds = current - previous, removes = previous -
   current, both sorted) followed by `merge_changes([that one audience])` (the per-user table the
   delivery step batches);
 - baseline: DuckDB doing the same two anti-joins (`SELECT id FROM cur ANTI JOIN prev USING (id)`
@@ -56,8 +56,8 @@ TARGET_RSS_MB = 1024
 
 def _read_ids(path: str):
     """A snapshot file's ids the way the pipeline reads the committed snapshot (read_snapshot)."""
-    from include.audience_snapshot import read_snapshot
-    from include.state_store import StateStore
+    from include.audiences_to_braze.snapshot import read_snapshot
+    from include.clients.state_store import StateStore
 
     directory, name = os.path.split(path)
     return read_snapshot(StateStore(directory), name)
@@ -77,7 +77,7 @@ def _write_ids(path: str, **arrays) -> None:
 def task_ours(t: dict) -> dict:
     import pyarrow.compute as pc
 
-    from include.audience_diff import AudienceChanges, diff_audience, merge_changes
+    from include.audiences_to_braze.diff import AudienceChanges, diff_audience, merge_changes
 
     timed_read = t.get("read_in_clock", False)
     if not timed_read:
@@ -132,8 +132,8 @@ def task_prep(t: dict) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from include.audience_snapshot import write_snapshot
-    from include.state_store import StateStore
+    from include.audiences_to_braze.snapshot import write_snapshot
+    from include.clients.state_store import StateStore
 
     members, churn, seed = t["members"], t["churn"], t["seed"]
     changed = int(round(members * churn))

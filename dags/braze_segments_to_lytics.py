@@ -20,21 +20,21 @@ Trigger manually with `segments` to run a subset. Connections: `braze_default`, 
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
 
-from braze_lytics import segment_tasks
 from braze_lytics.dag_defaults import default_args
 from braze_lytics.sensors.braze_export import BrazeExportSensor
+from braze_lytics.tasks import segments_to_lytics as segment_tasks
+from include.common import settings
 
 LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
 
 
 @dag(
     dag_id="braze_segments_to_lytics",
-    schedule=os.environ.get("BRAZE_SEGMENTS_TO_LYTICS_SCHEDULE", "@daily"),
+    schedule=settings.segments_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # Braze runs one export per segment at a time

@@ -8,7 +8,7 @@ profiles written by ``braze_id`` / ``email`` / ``phone`` / ``user_alias`` live i
 namespace (the sandbox does not link identifiers the way Braze's identity resolution would).
 Everything keyed without ``by=`` means ``external_id``.
 
-Data points (Braze's billing unit, see REFERENCE.md) are counted as:
+Data points (Braze's billing unit; Braze docs, "Data points") are counted as:
 
 * every scalar attribute write (including ``null``, which removes the attribute) = 1;
 * a plain list (replaces the whole array) = 1;

@@ -59,8 +59,7 @@ def airflow_env(braze: BrazeSandbox, sftp: DemoSftpServer, api_key: str, lytics:
     home = DEMO / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     return {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}",
+        **os.environ,  # the project is installed (scripts/setup.sh): no PYTHONPATH
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),

@@ -12,14 +12,17 @@ Endpoints (all ``GET``, all JSON ``{"status": ..., "message": ..., ...}``):
 Auth: ``Authorization: <token>`` (raw -- ``Bearer <token>`` is refused) or, for older clients,
 ``?key=<token>``. The token never appears in logs (the request log drops the query string).
 
-Scan cursors: ``start`` tokens are opaque (URL-safe base64 of the audience id, the last user
-index served and the issue time, HMAC-signed with a per-process secret). They expire
-``token_ttl`` seconds after the page that carried them was served (400 ``scan token
-expired``); a forged/truncated token, or one from another audience, is a 400 too. Pages are
-computed when served: a scan sees membership changes ahead of its cursor, never yields a
-user twice, and misses users added behind the cursor (like a live scan).
+Scan cursors: ``start`` tokens are opaque (:mod:`sandbox.lytics_scan_tokens`: URL-safe base64
+of the audience id, the last user index served and the issue time, HMAC-signed with a
+per-process secret). They expire ``token_ttl`` seconds after the page that carried them was
+served (400 ``scan token expired``); a forged/truncated token, or one from another audience, is
+a 400 too. Pages are computed when served: a scan sees membership changes ahead of its cursor,
+never yields a user twice, and misses users added behind the cursor (like a live scan).
 
-Standard library + orjson only; imports nothing from ``include/`` or ``plugins/``.
+This module holds :class:`LyticsSandbox` (auth, routing, scans, test knobs) and the CLI; the HTTP
+plumbing is in :mod:`sandbox.lytics_http`, the optional rate limit in :mod:`sandbox.rate_window`,
+membership in :mod:`sandbox.lytics_members`. Standard library + orjson only; imports nothing
+from ``include/`` or ``plugins/``.
 
 Run in the foreground::
 
@@ -29,30 +32,22 @@ Run in the foreground::
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import collections
-import hashlib
 import hmac
 import os
 import re
 import secrets
 import signal
-import socket
-import struct
 import sys
 import threading
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
-
-import orjson
+from urllib.parse import parse_qs, unquote
 
 from sandbox.background_server import BackgroundHttpServer
+from sandbox.lytics_http import LyticsHandler, LyticsHttpServer, Response, error_response, json_response
 from sandbox.lytics_members import Audience, MembershipStore, user_record
+from sandbox.lytics_scan_tokens import TokenError, decode_token, encode_token
+from sandbox.rate_window import SlidingWindowLimiter
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "RESET", "Audience", "LyticsSandbox", "MembershipStore", "main"]
 
@@ -60,139 +55,8 @@ DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 RESET = "reset"  # fail_next(n, RESET): close the connection (TCP RST) without answering
 TOKEN_TTL = 300.0
-MAX_BODY = 1 << 20
-_MAC_LEN = 16
 
 _SEGMENT_RE = re.compile(r"^/api/segment/([^/]+)(/scan)?/?$")
-
-
-@dataclass
-class _Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    reset: bool = False  # drop the connection instead of answering
-
-
-def _json(status: int, payload: dict | None = None, **headers: str) -> _Response:
-    body = {"status": status}
-    body.update(payload or {})
-    return _Response(status, orjson.dumps(body), dict(headers))
-
-
-def _error(status: int, message: str) -> _Response:
-    return _json(status, {"message": message})
-
-
-class _TokenError(ValueError):
-    pass
-
-
-class _RateLimiter:
-    """Sliding one-second window: at most ``per_sec`` hits in any second."""
-
-    def __init__(self, per_sec: float) -> None:
-        self.per_sec = per_sec
-        self._hits: collections.deque[float] = collections.deque()
-        self._lock = threading.Lock()
-
-    def hit(self) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            while self._hits and self._hits[0] <= now - 1.0:
-                self._hits.popleft()
-            if len(self._hits) >= self.per_sec:
-                return False
-            self._hits.append(now)
-            return True
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "LyticsSandbox/1.0"
-    timeout = 60  # idle keep-alive connections
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-    server: _Server
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        if self.server.sandbox.verbose:
-            super().log_message(format, *args)
-
-    def log_error(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        super().log_message(format, *args)  # always, even when quiet
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # The stdlib logs the raw request line, which may carry ?key=<token>: log the path only.
-        path = urlsplit(self.path).path if hasattr(self, "path") else "-"
-        self.log_message('"%s %s" %s %s', getattr(self, "command", "-"), path, code, size)
-
-    def _dispatch(self) -> None:
-        sandbox = self.server.sandbox
-        split = urlsplit(self.path)
-        path = split.path
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            resp = _error(411, "Content-Length required")
-        else:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if length < 0 or length > MAX_BODY:
-                self.close_connection = True
-                resp = _error(400 if length < 0 else 413, "invalid request body")
-            else:
-                if length:
-                    self.rfile.read(length)  # GET-only API: bodies are read and ignored
-                try:
-                    resp = sandbox._handle(self.command, path, split.query, self.headers)
-                except Exception as e:  # a sandbox bug must still produce an HTTP answer
-                    self.log_error("internal error: %r", e)
-                    resp = _error(500, f"internal sandbox error: {type(e).__name__}")
-        if resp.reset:
-            sandbox._record(self.command, path, 0)
-            self._reset()
-            return
-        sandbox._record(self.command, path, resp.status)
-        self._send(resp)
-
-    def _reset(self) -> None:
-        """Abort the connection with a TCP RST (SO_LINGER 0), sending no response at all."""
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()  # really closed (-> RST) once rfile/wfile are closed in finish()
-        except OSError:
-            pass
-
-    def _send(self, resp: _Response) -> None:
-        self.send_response(resp.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(resp.body)))
-        for k, v in resp.headers.items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        try:
-            self.wfile.write(resp.body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol-level errors (bad request line, ...) also answer JSON."""
-        self.close_connection = True
-        self._send(_error(code, message or self.responses.get(code, ("Error",))[0]))
-
-    do_GET = do_POST = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    sandbox: LyticsSandbox
 
 
 class LyticsSandbox(BackgroundHttpServer):
@@ -202,8 +66,8 @@ class LyticsSandbox(BackgroundHttpServer):
     ``remove``, ``churn``) between -- or during -- scans.
     """
 
-    _server_class = _Server
-    _handler_class = _Handler
+    _server_class = LyticsHttpServer
+    _handler_class = LyticsHandler
     _thread_name = "lytics-sandbox"
 
     def __init__(
@@ -235,7 +99,7 @@ class LyticsSandbox(BackgroundHttpServer):
         self._requests: list[tuple[str, str, int]] = []
         self._fail_count = 0
         self._fail_status: int | str = 500
-        self._limiter = _RateLimiter(rate_limit_per_sec) if rate_limit_per_sec else None
+        self._limiter = SlidingWindowLimiter(rate_limit_per_sec, 1.0) if rate_limit_per_sec else None
         self._init_background()
         for a in audiences:
             self.add_audience(a)
@@ -289,7 +153,7 @@ class LyticsSandbox(BackgroundHttpServer):
             self._requests.append((method, path, status))
 
     # ------------------------------------------------------------------ handling
-    def _handle(self, method: str, path: str, query: str, headers) -> _Response:
+    def _handle(self, method: str, path: str, query: str, headers) -> Response:
         with self._lock:
             injected = self._fail_count > 0
             if injected:
@@ -297,29 +161,29 @@ class LyticsSandbox(BackgroundHttpServer):
                 status = self._fail_status
         if injected:
             if status == RESET:
-                return _Response(0, reset=True)
-            return _error(status, f"injected failure ({status})")
+                return Response(0, reset=True)
+            return error_response(status, f"injected failure ({status})")
 
         params = parse_qs(query, keep_blank_values=True)
         if not self._authorized(headers, params):
-            return _error(401, "Unauthorized")
-        if self._limiter is not None and not self._limiter.hit():
-            return _error(429, "rate limit exceeded")
+            return error_response(401, "Unauthorized")
+        if self._limiter is not None and not self._limiter.allow():
+            return error_response(429, "rate limit exceeded")
         if method != "GET":
-            return _json(405, {"message": "method not allowed"}, Allow="GET")
+            return json_response(405, {"message": "method not allowed"}, Allow="GET")
 
         if path.rstrip("/") == "/api/segment":
             table = _param(params, "table")
             return self._list(table)
         m = _SEGMENT_RE.match(path)
         if m is None:
-            return _error(404, "not found")
+            return error_response(404, "not found")
         audience = self._find(unquote(m.group(1)))
         if audience is None:
-            return _error(404, "segment not found")
+            return error_response(404, "segment not found")
         if m.group(2):
             return self._scan(audience, params)
-        return _json(200, {"message": "success", "data": self._describe(audience)})
+        return json_response(200, {"message": "success", "data": self._describe(audience)})
 
     def _authorized(self, headers, params: dict[str, list[str]]) -> bool:
         expected = self.token.encode()
@@ -347,11 +211,11 @@ class LyticsSandbox(BackgroundHttpServer):
             "updated": self._updated.get(a.id, ""),
         }
 
-    def _list(self, table: str | None) -> _Response:
+    def _list(self, table: str | None) -> Response:
         items = [] if table not in (None, "", "user") else [self._describe(a) for a in self.audiences]
-        return _json(200, {"message": "success", "data": items})
+        return json_response(200, {"message": "success", "data": items})
 
-    def _scan(self, audience: Audience, params: dict[str, list[str]]) -> _Response:
+    def _scan(self, audience: Audience, params: dict[str, list[str]]) -> Response:
         raw_limit = _param(params, "limit")
         if raw_limit in (None, ""):
             limit = DEFAULT_LIMIT
@@ -359,9 +223,9 @@ class LyticsSandbox(BackgroundHttpServer):
             try:
                 limit = int(raw_limit)
             except ValueError:
-                return _error(400, f"limit must be an integer, got {raw_limit!r}")
+                return error_response(400, f"limit must be an integer, got {raw_limit!r}")
             if not 1 <= limit <= MAX_LIMIT:
-                return _error(400, f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+                return error_response(400, f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
         raw_fields = _param(params, "fields")
         fields = None
         if raw_fields:
@@ -370,9 +234,9 @@ class LyticsSandbox(BackgroundHttpServer):
         after = -1
         if start:
             try:
-                after = self._decode_token(start, audience.id)
-            except _TokenError as e:
-                return _error(400, str(e))
+                after = decode_token(self._secret, start, audience.id, self.token_ttl)
+            except TokenError as e:
+                return error_response(400, str(e))
 
         page = self.store.next_members(audience.id, after, limit + 1)
         more = len(page) > limit
@@ -383,32 +247,8 @@ class LyticsSandbox(BackgroundHttpServer):
         for i in page:
             segments = [a.slug for a in everyone if self.store.is_member(a.id, i)]
             data.append(user_record(audience, i, segments, fields))
-        next_token = self._encode_token(audience.id, page[-1]) if more else ""
-        return _json(200, {"message": "success", "_next": next_token, "total": total, "data": data})
-
-    # ------------------------------------------------------------------ scan tokens
-    def _encode_token(self, audience_id: str, last: int) -> str:
-        payload = f"{audience_id}\x00{last}\x00{time.time():.3f}".encode()
-        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
-        return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
-
-    def _decode_token(self, token: str, audience_id: str) -> int:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise _TokenError("invalid scan token") from None
-        if len(raw) <= _MAC_LEN:
-            raise _TokenError("invalid scan token")
-        payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
-        good = hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
-        if not hmac.compare_digest(mac, good):
-            raise _TokenError("invalid scan token")
-        aid, last, issued = payload.decode().split("\x00")
-        if aid != audience_id:
-            raise _TokenError("scan token does not belong to this segment")
-        if time.time() - float(issued) > self.token_ttl:
-            raise _TokenError("scan token expired")
-        return int(last)
+        next_token = encode_token(self._secret, audience.id, page[-1]) if more else ""
+        return json_response(200, {"message": "success", "_next": next_token, "total": total, "data": data})
 
 
 def _param(params: dict[str, list[str]], name: str) -> str | None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs, idempotent: system packages (OpenSSH server for the SFTP
-# tests, gnupg), a Python 3.11 virtualenv in .venv, and the pinned requirements.
+# tests, gnupg), a Python 3.11 virtualenv in .venv, the pinned requirements and the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,11 +31,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $PY"
   "$PY" -m venv .venv
 fi
+# Production pins, the dev/test/demo extras, then this project itself (editable, no deps: the
+# pins above are the whole dependency set), so `include` and `braze_lytics` import everywhere
+# without PYTHONPATH.
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "==> pip install -r requirements.txt"
+  echo "==> pip install -r requirements-dev.txt, then this project (pip install --no-deps -e .)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi

@@ -1,4 +1,10 @@
-"""Shared pytest fixtures. Keep each group in its own clearly marked section."""
+"""Shared pytest fixtures. Keep each group in its own clearly marked section.
+
+Layout: ``unit/<package>/test_<module>.py`` mirrors ``include/`` (no server, no Airflow);
+``integration/<package>/`` runs the core against real servers (marker ``sandbox``: the Braze/Lytics
+sandboxes over HTTP; ``sshd``: a real OpenSSH server); ``sandbox/`` tests the sandboxes themselves;
+``plugins/`` and ``dags/`` run Airflow (marker ``airflow``). ``pytest -m "not sshd"`` etc. select.
+"""
 
 from __future__ import annotations
 
@@ -74,8 +80,3 @@ def sftp_upload_dir(sshd: OpenSshServer) -> OpenSshServer:
     """The session's sshd with ``<chroot>/upload`` and ``<chroot>/inbound`` emptied before the test."""
     sshd.empty_shared_dirs()
     return sshd
-
-
-# ==================================================================================================
-# (other fixture sections below)
-# ==================================================================================================

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from functools import cache
 
-from include.pgp_crypto import throwaway_keyring
+from include.clients.pgp.files import throwaway_keyring
 
 # A moment long ago, for keys that must already be expired (gpg's --faked-system-time, "!" = frozen).
 _LONG_AGO = "20200101T000000!"

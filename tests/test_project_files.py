@@ -35,8 +35,11 @@ def test_compose_file_is_valid_and_mounts_what_exists():
         else:
             assert source in compose["volumes"], f"named volume {source} is not declared"
     env = service["environment"]
-    assert env["PYTHONPATH"].split(":") == ["/opt/airflow/project", "/opt/airflow/plugins"]
-    assert env["BRAZE_LYTICS_CONFIG"].startswith("/opt/airflow/project/include/")
+    assert "PYTHONPATH" not in env  # dags/, plugins/, include/ side by side under AIRFLOW_HOME
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in service["volumes"]}
+    assert [mounts[f"./{d}"] for d in ("dags", "plugins", "include")] == [
+        "/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"]
+    assert env["BRAZE_LYTICS_CONFIG"] == "/opt/airflow/include/config/braze_lytics.yaml"
     assert "8080:8080" in service["ports"]
 
 

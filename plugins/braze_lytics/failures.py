@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 @contextlib.contextmanager
 def fail_fast_on_permanent_errors() -> Iterator[None]:
-    from include.errors import PermanentError
+    from include.common.errors import PermanentError
 
     try:
         yield

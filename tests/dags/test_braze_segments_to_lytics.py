@@ -23,7 +23,7 @@ from sandbox.braze_server import BrazeSandbox
 from sandbox.braze_users import SegmentSpec, expected_users
 from tests.pgp_keys import make_keypair
 
-pytestmark = [pytest.mark.sshd, pytest.mark.slow]
+pytestmark = [pytest.mark.airflow, pytest.mark.sandbox, pytest.mark.sshd, pytest.mark.slow]
 
 API_KEY = "sandbox-rest-key-e2e"
 E2E_USERS = int(os.environ.get("E2E_USERS", "50000"))
@@ -104,7 +104,7 @@ def decrypt(data: bytes, keypair) -> bytes:
     import tempfile
     from pathlib import Path
 
-    from include.pgp_crypto import decrypt_file
+    from include.clients.pgp.files import decrypt_file
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.pgp", Path(tmp) / "out"
@@ -199,7 +199,7 @@ def dashboard_csv_zip(path, spec: SegmentSpec) -> None:
 
 
 def test_encrypted_dashboard_drop_is_decrypted_shaped_and_delivered(tmp_path, monkeypatch, connections):
-    from include.pgp_crypto import encrypt_file
+    from include.clients.pgp.files import encrypt_file
 
     sshd = connections
     braze_key = make_keypair("braze-drop")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.airflow
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 HEAVY = ("pandas", "pyarrow", "paramiko", "gnupg", "numpy", "requests", "duckdb")
@@ -62,10 +64,41 @@ def test_parsing_a_dag_file_imports_no_heavy_module(dag_file, tmp_path):
         "spec.loader.exec_module(module)\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}", "AIRFLOW_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    env.pop("PYTHONPATH", None)  # the installed project is importable without it
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_dags_parse_in_a_mounted_deployment_without_the_project_installed(tmp_path):
+    """The Astro / docker-compose shape: dags/, plugins/, include/ copied under $AIRFLOW_HOME, nothing
+    installed, only dags/ and plugins/ on sys.path (what Airflow adds) - the DAGs still import."""
+    import shutil
+
+    home = tmp_path / "airflow"
+    for folder in ("dags", "plugins", "include"):
+        shutil.copytree(REPO / folder, home / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import sys\n"
+        # Forget the editable install: its finder and any path entry pointing into the repository.
+        f"sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]\n"
+        f"sys.path[:] = [p for p in sys.path if p.rstrip('/') not in {[str(REPO), str(REPO / 'plugins')]!r}]\n"
+        f"sys.path += [{str(home / 'dags')!r}, {str(home / 'plugins')!r}]\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(home / 'dags')!r})\n"
+        "import include\n"
+        "print(sorted(bag.dags), bag.import_errors, include.__file__)\n"
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags")}
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("['braze_segments_to_lytics', 'lytics_audiences_to_braze'] {} "), last
+    assert last.endswith(str(home / "include" / "__init__.py")), last  # the mounted copy, not the repository
 
 
 def test_include_has_no_airflow_import():

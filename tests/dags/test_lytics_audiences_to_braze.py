@@ -16,7 +16,7 @@ from sandbox.braze_server import BrazeSandbox
 from sandbox.lytics_members import Audience, braze_id
 from sandbox.lytics_server import LyticsSandbox
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.airflow, pytest.mark.sandbox, pytest.mark.slow]
 
 BRAZE_KEY = "braze-l2b-key"
 LYTICS_TOKEN = "lytics-l2b-token"
@@ -189,3 +189,30 @@ def test_a_run_that_cannot_scan_fails_instead_of_reporting_success(sandboxes, mo
     snapshot = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "snapshot_audience")
     assert snapshot.state == "failed" and snapshot.try_number == 1  # a bad token is not retried
     assert sandboxes[1].stats["requests"] == 0
+
+
+def test_a_config_edit_during_a_run_does_not_change_that_run(sandboxes, monkeypatch):
+    """The configuration is frozen when the run is planned: an edit while the run is under way
+    (here: during the Lytics scan) applies to the next run only."""
+    from include.clients.lytics.scan import LyticsClient
+
+    lytics, braze, state_dir = sandboxes
+    config_path = state_dir.parent / "pipeline.yaml"
+    edited = json.loads(config_path.read_text())
+    edited["lytics_to_braze"].update({"batch_size": 5, "attribute": "edited_attribute",
+                                      "state_url": str(state_dir.parent / "other-state")})
+    original_scan = LyticsClient.scan_ids
+
+    def scan_then_edit_the_file(self, *args, **kwargs):
+        config_path.write_text(json.dumps(edited))  # someone edits the YAML mid-run
+        return original_scan(self, *args, **kwargs)
+
+    monkeypatch.setattr(LyticsClient, "scan_ids", scan_then_edit_the_file)
+    run = run_dag(1)
+    assert run.state == "success", states(run)
+    users = report_of(run)["users_changed"]
+    # Sent as planned: 75 objects per request, to the planned attribute, state in the planned store.
+    assert braze.stats["requests"] == -(-users // 75)
+    assert braze.profiles.snapshot() == expected_state(lytics)
+    assert len(list(state_dir.glob("audiences/*/committed.json"))) == len(AUDIENCES)
+    assert not (state_dir.parent / "other-state").exists()

@@ -9,7 +9,9 @@ import pytest
 from braze_lytics.hooks.braze import BrazeHook, braze_base_url
 from braze_lytics.hooks.pgp_key import PgpKeyHook
 from braze_lytics.hooks.sftp_target import SftpTargetHook
-from include.errors import ConfigError
+from include.common.errors import ConfigError
+
+pytestmark = pytest.mark.airflow
 
 
 @pytest.mark.parametrize(

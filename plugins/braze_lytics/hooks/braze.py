@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
-    from include.braze_export import BrazeExportClient
-    from include.braze_track import BrazeTrackClient
-    from include.rate_limit import RateLimiter
+    from include.clients.braze.export import BrazeExportClient
+    from include.clients.braze.track import BrazeTrackClient
+    from include.common.rate_limit import RateLimiter
 
 
 def braze_base_url(host: str | None, schema: str | None, port: int | None) -> str:
@@ -44,7 +44,7 @@ class BrazeHook(BaseHook):
         self.braze_conn_id = braze_conn_id
 
     def _endpoint_and_key(self) -> tuple[str, str]:
-        from include.errors import ConfigError
+        from include.common.errors import ConfigError
 
         conn = self.get_connection(self.braze_conn_id)
         if not conn.host:
@@ -57,12 +57,12 @@ class BrazeHook(BaseHook):
         return braze_base_url(conn.host, conn.schema, conn.port), conn.password
 
     def get_conn(self) -> BrazeExportClient:
-        from include.braze_export import BrazeExportClient
+        from include.clients.braze.export import BrazeExportClient
 
         return BrazeExportClient(*self._endpoint_and_key())
 
     def get_track_client(self, limiter: RateLimiter, batch_limit: int = 75) -> BrazeTrackClient:
         """The /users/track client, paced by `limiter`."""
-        from include.braze_track import BrazeTrackClient
+        from include.clients.braze.track import BrazeTrackClient
 
         return BrazeTrackClient(*self._endpoint_and_key(), limiter=limiter, batch_limit=batch_limit)

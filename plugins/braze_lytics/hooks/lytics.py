@@ -9,7 +9,7 @@ from airflow.sdk import BaseHook
 from braze_lytics.hooks.braze import braze_base_url
 
 if TYPE_CHECKING:
-    from include.lytics_scan import LyticsClient
+    from include.clients.lytics.scan import LyticsClient
 
 
 class LyticsHook(BaseHook):
@@ -33,8 +33,8 @@ class LyticsHook(BaseHook):
         self.lytics_conn_id = lytics_conn_id
 
     def get_conn(self) -> LyticsClient:
-        from include.errors import ConfigError
-        from include.lytics_scan import LyticsClient
+        from include.clients.lytics.scan import LyticsClient
+        from include.common.errors import ConfigError
 
         conn = self.get_connection(self.lytics_conn_id)
         if not conn.password:

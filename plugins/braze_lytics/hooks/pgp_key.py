@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
-    from include.segment_transfer import PgpKey
+    from include.clients.pgp.files import PgpKey
 
 
 class PgpKeyHook(BaseHook):
@@ -26,8 +26,8 @@ class PgpKeyHook(BaseHook):
         self.pgp_conn_id = pgp_conn_id
 
     def _key(self, extra_name: str) -> PgpKey:
-        from include.errors import ConfigError
-        from include.segment_transfer import PgpKey
+        from include.clients.pgp.files import PgpKey
+        from include.common.errors import ConfigError
 
         conn = self.get_connection(self.pgp_conn_id)
         key = conn.extra_dejson.get(extra_name)

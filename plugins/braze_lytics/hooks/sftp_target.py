@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
-    from include.sftp_delivery import SftpSettings
+    from include.clients.sftp import SftpSettings
 
 _TRUE = {"true", "1", "yes", "on"}
 
@@ -46,8 +46,8 @@ class SftpTargetHook(BaseHook):
         self.sftp_conn_id = sftp_conn_id
 
     def get_settings(self) -> SftpSettings:
-        from include.errors import ConfigError
-        from include.sftp_delivery import SftpSettings
+        from include.clients.sftp import SftpSettings
+        from include.common.errors import ConfigError
 
         conn = self.get_connection(self.sftp_conn_id)
         extra = conn.extra_dejson

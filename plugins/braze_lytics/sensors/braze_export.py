@@ -1,7 +1,7 @@
 """BrazeExportSensor: wait for a segment's export file without holding a worker slot.
 
 Runs in reschedule mode: each poke is a short task try, and between pokes the slot is free
-(Braze exports of large segments take minutes to an hour - REFERENCE.md). The poll interval
+(Braze exports of large segments take minutes to an hour - docs/vendor-contracts.md#braze-segment-exports). The poll interval
 and the time limit come from the segment's configuration, carried in the `export` dict that
 `start_export` returned.
 """
@@ -33,7 +33,7 @@ class BrazeExportSensor(BaseSensorOperator):
         self.export = export
 
     def poke(self, context) -> bool:
-        from braze_lytics.segment_tasks import export_is_ready
+        from braze_lytics.tasks.segments_to_lytics import export_is_ready
 
         export = self.export
         context["segment_label"] = export["segment"]

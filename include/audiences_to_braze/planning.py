@@ -1,0 +1,149 @@
+"""Steps 1-2 of a sync run: scan each audience into a snapshot, then plan the changes.
+
+    snapshot_audience (per audience) -> plan_changes -> delivery.deliver_chunk -> commit.commit_run
+
+Each step writes its result to the state store (`run_files.py`) before returning and first looks
+for its own earlier result, so a cleared task resumes instead of redoing work: an audience is
+scanned once per run, and the plan is computed once per run (delivery never re-plans under
+itself). The plan records the options it was made with (`batch_size`, `attribute`), so every
+chunk of the run is delivered in the same shape even if the configuration changed meanwhile.
+
+Users Braze rejected in earlier runs (dead letters) are merged into the plan; this run's own
+decision for a user and audience wins over an older one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+
+from include.audiences_to_braze import run_files
+from include.audiences_to_braze.config import SETTING_DEFAULTS, AudienceRef, AudienceSyncConfig
+from include.audiences_to_braze.diff import (
+    AudienceChanges,
+    attribute_batches,
+    diff_audience,
+    estimate_data_points,
+    merge_changes,
+    split_chunks,
+)
+from include.audiences_to_braze.snapshot import committed_ids, read_snapshot, write_snapshot
+from include.clients.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What shapes a run's plan: the frozen configuration's settings plus the run's params."""
+
+    attribute: str = SETTING_DEFAULTS["attribute"]
+    batch_size: int = SETTING_DEFAULTS["batch_size"]
+    existing_users: bool = SETTING_DEFAULTS["existing_users"]
+    full_resync: bool = False
+    dry_run: bool = False
+    max_chunks: int = SETTING_DEFAULTS["max_chunks"]
+    min_chunk_users: int = SETTING_DEFAULTS["min_chunk_users"]
+
+    @classmethod
+    def for_run(cls, config: AudienceSyncConfig, params: dict) -> PlanOptions:
+        return cls(attribute=config.attribute, batch_size=config.batch_size, existing_users=config.existing_users,
+                   full_resync=bool(params.get("full_resync")), dry_run=bool(params.get("dry_run")),
+                   max_chunks=config.max_chunks, min_chunk_users=config.min_chunk_users)
+
+
+def snapshot_audience(store: StateStore, run_key: str, audience: AudienceRef, scan) -> dict:
+    """Scan one audience (once per run) into a snapshot; `scan(audience_id)` returns a ScanResult."""
+    marker = run_files.scan_marker(run_key, audience.slug)
+    if store.exists(marker):
+        meta = store.read_json(marker)
+        log.info("Audience %s already scanned in this run (%d members); reusing the snapshot",
+                 audience.slug, meta["members"])
+        return meta
+    result = scan(audience.id)
+    key = write_snapshot(store, audience.slug, run_key, result.ids)
+    meta = {"slug": audience.slug, "snapshot": key, "members": len(result.ids),
+            "skipped_no_id": result.skipped_no_id, "pages": result.pages, "scan_retries": result.retries}
+    store.write_json(marker, meta)
+    log.info("Audience %s: %d members with an id, %d skipped without one (%d pages)", audience.slug,
+             meta["members"], meta["skipped_no_id"], meta["pages"])
+    return meta
+
+
+def _dead_letters(store: StateStore) -> tuple[list[str], pa.Table | None]:
+    keys = sorted(k for k in store.list(run_files.DEAD_LETTER_PREFIX) if k.endswith(".parquet"))
+    tables = [store.read_table(k) for k in keys]
+    return keys, (pa.concat_tables(tables) if tables else None)
+
+
+def _with_dead_letters(changes: pa.Table, dead: pa.Table) -> pa.Table:
+    """Add earlier rejected users to this run's changes; this run's own decisions win per slug."""
+    rows = {r["external_id"]: (set(r["add"] or []), set(r["remove"] or [])) for r in changes.to_pylist()}
+    for r in dead.to_pylist():
+        add, remove = rows.setdefault(r["external_id"], (set(), set()))
+        decided = add | remove
+        add.update(s for s in (r["add"] or []) if s not in decided)
+        remove.update(s for s in (r["remove"] or []) if s not in decided)
+    ids = sorted(rows)
+    return pa.table({
+        "external_id": pa.array(ids, pa.string()),
+        "add": pa.array([sorted(rows[i][0]) for i in ids], pa.list_(pa.string())),
+        "remove": pa.array([sorted(rows[i][1]) for i in ids], pa.list_(pa.string())),
+    })
+
+
+def plan_changes(store: StateStore, run_key: str, scans: list[dict], options: PlanOptions) -> dict:
+    """Diff every audience against its committed snapshot, merge per user, write the chunks."""
+    plan_key = run_files.plan_key(run_key)
+    if store.exists(plan_key):
+        log.info("This run was already planned; reusing %s", store.path(plan_key))
+        return store.read_json(plan_key)
+    changes: list[AudienceChanges] = []
+    per_audience: dict[str, dict] = {}
+    for scan in scans:
+        slug = scan["slug"]
+        current = read_snapshot(store, scan["snapshot"])
+        previous = committed_ids(store, slug)
+        diff = diff_audience(slug, current, previous, existing_users=options.existing_users,
+                             full_resync=options.full_resync)
+        changes.append(diff)
+        per_audience[slug] = {"members": scan["members"], "skipped_no_id": scan["skipped_no_id"],
+                              "adds": len(diff.adds), "removes": len(diff.removes),
+                              "first_run": previous is None}
+    table = merge_changes(changes)
+    dead_keys, dead = _dead_letters(store)
+    if dead is not None and dead.num_rows:
+        log.info("Retrying %d user(s) Braze rejected in earlier runs", dead.num_rows)
+        table = _with_dead_letters(table, dead)
+    chunks = [] if table.num_rows == 0 else split_chunks(table, options.max_chunks, options.min_chunk_users)
+    for i, chunk in enumerate(chunks):
+        store.write_table(run_files.chunk_key(run_key, i), chunk)
+    plan = {
+        "run_key": run_key,
+        "chunks": len(chunks),
+        "users": table.num_rows,
+        "estimated_data_points": estimate_data_points(table),
+        "audiences": per_audience,
+        "dead_letters_included": dead_keys,
+        "dry_run": options.dry_run,
+        "payload_file": None,
+        "options": asdict(options),
+    }
+    if options.dry_run:
+        plan["payload_file"] = _write_planned_payloads(store, run_key, table, options)
+    store.write_json(plan_key, plan)
+    log.info("Plan: %d user(s) to update in %d chunk(s), ~%d data points; %s", plan["users"], plan["chunks"],
+             plan["estimated_data_points"], per_audience)
+    return plan
+
+
+def _write_planned_payloads(store: StateStore, run_key: str, table: pa.Table, options: PlanOptions) -> str:
+    import orjson
+
+    key = run_files.payloads_key(run_key)
+    with store.open_write(key) as fh:
+        for batch in attribute_batches(table, options.attribute, options.batch_size):
+            fh.write(orjson.dumps({"attributes": batch}) + b"\n")
+    return store.path(key)

@@ -1,0 +1,144 @@
+"""Braze segment exports: start one, see whether its file is ready, download it.
+
+Contract (braze-docs `_docs/_api/endpoints/export/user_data/post_users_segment.md`):
+`POST /users/export/segment` with `segment_id`, `fields_to_export` (required) and
+`output_format` answers `{"message": "success", "object_prefix": ..., "url": ...}`; the URL
+answers only once the export is ready, so callers poll it. The URL is a pre-signed link:
+whoever holds it can read the users, so it is treated as a secret (sealed before it goes to
+XCom, never logged with its query string).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from include.common.errors import ConfigError, PermanentError, TransientError
+from include.common.http import redact_url, request
+from include.common.retry import RetryPolicy, retry_call
+
+log = logging.getLogger(__name__)
+
+_AUTH_HINT = (
+    "Check the REST API key (password of the Braze connection) and that it has the "
+    "users.export.segment permission for this workspace."
+)
+_CHUNK = 1 << 20
+
+
+def braze_session(base_url: str, api_key: str, session: requests.Session | None = None) -> tuple[str, requests.Session]:
+    """The validated REST endpoint and a session sending the key as Braze expects (Bearer, JSON)."""
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"Braze REST endpoint {base_url!r} is not a URL; set the connection's host to e.g. "
+            f"https://rest.iad-01.braze.com"
+        )
+    if not api_key:
+        raise ConfigError("Braze REST API key is empty; put it in the connection's password field")
+    session = session or requests.Session()
+    session.headers.update({"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+    return base_url.rstrip("/"), session
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    url: str
+    object_prefix: str
+
+
+class BrazeExportClient:
+    """Braze's export endpoints for one workspace (base URL + REST API key)."""
+
+    def __init__(self, base_url: str, api_key: str, *, policy: RetryPolicy | None = None,
+                 session: requests.Session | None = None):
+        self.base_url, self.session = braze_session(base_url, api_key, session)
+        self._api_key = api_key
+        self.policy = policy or RetryPolicy()
+
+    def start_segment_export(self, segment_id: str, fields_to_export: list[str], output_format: str = "zip") -> ExportJob:
+        """Ask Braze to export a segment; returns where the file will appear."""
+        what = f"starting the export of segment {segment_id}"
+        resp = retry_call(lambda: request(
+            self.session, "POST", f"{self.base_url}/users/export/segment", service="Braze", what=what,
+            auth_hint=_AUTH_HINT,
+            json={"segment_id": segment_id, "fields_to_export": list(fields_to_export), "output_format": output_format},
+        ), self.policy, what=what)
+        body = resp.json()
+        if not body.get("url"):
+            raise PermanentError(
+                f"Braze accepted the export of segment {segment_id} but returned no download URL: this "
+                f"workspace exports to its own S3/Azure/GCS bucket (object prefix {body.get('object_prefix')!r}). "
+                f"Use source: drop pointed at that bucket's files instead."
+            )
+        return ExportJob(url=body["url"], object_prefix=body.get("object_prefix", ""))
+
+    def export_ready(self, url: str) -> bool:
+        """True once the export file can be downloaded; False while Braze is still writing it."""
+        # A pre-signed S3 URL answers 403/404 until the object exists; no auth header is sent to it.
+        resp = retry_call(lambda: request(
+            requests.Session(), "HEAD", url, service="Braze export storage", what="checking the export file",
+            auth_hint="The export link may have expired: clear the segment's whole task group to start a new export.",
+            ok=lambda r: r.status_code in (403, 404), secret_path=True,
+        ), self.policy, what="checking the export file")
+        return resp.status_code < 300
+
+    def download(self, url: str, dest: Path) -> int:
+        """Stream the export file to `dest` (bounded memory); returns its size in bytes."""
+        tmp = dest.with_name(dest.name + ".part")
+
+        def attempt() -> int:
+            resp = request(
+                requests.Session(), "GET", url, service="Braze export storage", what="downloading the export",
+                auth_hint="The export link has expired or is not ready: clear the segment's task group to re-export.",
+                stream=True, secret_path=True,
+            )
+            size = 0
+            try:
+                with resp, open(tmp, "wb") as out:
+                    for chunk in resp.iter_content(_CHUNK):
+                        out.write(chunk)
+                        size += len(chunk)
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                raise TransientError(f"download of {redact_url(url, keep_path=False)} broke off after {size} bytes: {type(exc).__name__}") from None
+            expected = resp.headers.get("Content-Length")
+            if expected is not None and int(expected) != size:
+                raise TransientError(f"download of {redact_url(url, keep_path=False)} got {size} of {expected} bytes")
+            return size
+
+        try:
+            size = retry_call(attempt, self.policy, what="downloading the Braze export")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, dest)
+        log.info("Downloaded the export from %s: %d bytes", redact_url(url, keep_path=False), size)
+        return size
+
+    # --- the export link is a secret: seal it before it leaves the task ---------------------------
+
+    def seal(self, url: str) -> str:
+        """Encrypt the export link with a key derived from the API key (for XCom)."""
+        return self._fernet().encrypt(url.encode()).decode()
+
+    def unseal(self, token: str) -> str:
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return self._fernet().decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise PermanentError(
+                "The sealed export link cannot be opened with the current Braze API key (was the key "
+                "rotated?). Clear the segment's whole task group to start a new export."
+            ) from None
+
+    def _fernet(self):
+        from cryptography.fernet import Fernet
+
+        digest = hashlib.sha256(b"braze-lytics export link:" + self._api_key.encode()).digest()
+        return Fernet(base64.urlsafe_b64encode(digest))

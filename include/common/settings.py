@@ -1,0 +1,129 @@
+"""Every environment variable the project reads, with its default, in one place.
+
+Nothing else in `include/`, `plugins/` or `dags/` looks at `os.environ`: they ask here. Values
+are read when asked (not at import), so a test or a task can change the environment first. A
+value that does not parse raises :class:`~include.common.errors.ConfigError` naming the variable,
+its value and what it should look like - at DAG parse time that shows as the DAG's import error
+in the UI, so a DAG never vanishes without saying why.
+
+==================================  =======================================  ============================
+variable                            default                                  meaning
+==================================  =======================================  ============================
+BRAZE_LYTICS_CONFIG                 include/config/braze_lytics.yaml         the pipeline configuration
+BRAZE_LYTICS_WORK_DIR               the system temp directory                scratch files (0700 dirs)
+BRAZE_LYTICS_QUARANTINE_DIR         $AIRFLOW_HOME/braze_lytics/quarantine    rejected rows, for review
+BRAZE_LYTICS_STATE_URL              $AIRFLOW_HOME/braze_lytics/state         audience state (when the
+                                                                             config has no state_url)
+BRAZE_LYTICS_SHAPE_WORKERS          min(2, CPUs)                             processes shaping one export
+BRAZE_LYTICS_TASK_RETRIES           3                                        Airflow retries per task
+BRAZE_LYTICS_RETRY_DELAY_SECONDS    120                                      first retry delay (doubles)
+BRAZE_SEGMENTS_TO_LYTICS_SCHEDULE   @daily                                   schedule of that DAG
+LYTICS_AUDIENCES_TO_BRAZE_SCHEDULE  @hourly                                  schedule of that DAG
+==================================  =======================================  ============================
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from include.common.errors import ConfigError
+
+T = TypeVar("T")
+
+CONFIG = "BRAZE_LYTICS_CONFIG"
+WORK_DIR = "BRAZE_LYTICS_WORK_DIR"
+QUARANTINE_DIR = "BRAZE_LYTICS_QUARANTINE_DIR"
+STATE_URL = "BRAZE_LYTICS_STATE_URL"
+SHAPE_WORKERS = "BRAZE_LYTICS_SHAPE_WORKERS"
+TASK_RETRIES = "BRAZE_LYTICS_TASK_RETRIES"
+RETRY_DELAY_SECONDS = "BRAZE_LYTICS_RETRY_DELAY_SECONDS"
+SEGMENTS_SCHEDULE = "BRAZE_SEGMENTS_TO_LYTICS_SCHEDULE"
+AUDIENCES_SCHEDULE = "LYTICS_AUDIENCES_TO_BRAZE_SCHEDULE"
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "braze_lytics.yaml"
+
+
+def _read(name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+    """The variable parsed, or `default` when it is unset or blank; a clear error when it does not parse."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return parse(raw.strip())
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"environment variable {name}={raw!r} is not valid: expected {expected}; "
+            f"fix or unset it (unset means {default!r})"
+        ) from None
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+def airflow_home() -> Path:
+    """$AIRFLOW_HOME as Airflow itself defaults it (~/airflow)."""
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+
+
+def config_path() -> Path:
+    """The pipeline configuration file in force."""
+    return _read(CONFIG, DEFAULT_CONFIG_PATH, Path, "the path of the YAML configuration file")
+
+
+def work_dir() -> Path:
+    """Base directory of the private scratch directories (give it ~3x the largest export)."""
+    return _read(WORK_DIR, Path(tempfile.gettempdir()), Path, "a directory path")
+
+
+def quarantine_dir() -> Path:
+    """Where rejected rows are kept for review."""
+    return _read(QUARANTINE_DIR, airflow_home() / "braze_lytics" / "quarantine", Path, "a directory path")
+
+
+def default_state_url() -> str:
+    """The audience pipeline's state store when the configuration names no `state_url`."""
+    return _read(STATE_URL, str(airflow_home() / "braze_lytics" / "state"), str,
+                 "a directory path or an fsspec URL such as s3://bucket/prefix")
+
+
+def shape_workers() -> int:
+    """Processes shaping one export (zip members are split between them)."""
+    return _read(SHAPE_WORKERS, min(2, os.cpu_count() or 1), _int_at_least(1), "a whole number >= 1")
+
+
+def task_retries() -> int:
+    """Airflow retries of every task (transient failures; permanent ones fail at once)."""
+    return _read(TASK_RETRIES, 3, _int_at_least(0), "a whole number >= 0")
+
+
+def retry_delay_seconds() -> float:
+    """Delay before a task's first retry; later retries back off exponentially."""
+    return _read(RETRY_DELAY_SECONDS, 120.0, _positive_float, "a number of seconds > 0")
+
+
+def segments_schedule() -> str:
+    """Schedule of `braze_segments_to_lytics` (cron expression or preset)."""
+    return _read(SEGMENTS_SCHEDULE, "@daily", str, "a cron expression or preset like @daily")
+
+
+def audiences_schedule() -> str:
+    """Schedule of `lytics_audiences_to_braze` (cron expression or preset)."""
+    return _read(AUDIENCES_SCHEDULE, "@hourly", str, "a cron expression or preset like @hourly")

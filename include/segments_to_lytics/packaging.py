@@ -1,0 +1,37 @@
+"""Package the shaped CSV as it is delivered: as is, gzip, or a zip holding the CSV.
+
+Packaging is deterministic (no file name or time in the gzip header, a fixed zip member
+timestamp): the same logical date gives byte-identical files, hence the same sha256 manifest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+from include.common.errors import ConfigError
+
+
+def compress(plain_csv: Path, compression: str, dest: Path, member_name: str) -> Path:
+    """Package the CSV as delivered: as is, gzip, or a zip holding `member_name`."""
+    if compression == "none":
+        os.replace(plain_csv, dest)
+    elif compression == "gzip":
+        # No file name or time in the gzip header: re-runs are byte-identical.
+        with open(plain_csv, "rb") as src, open(dest, "wb") as raw, \
+                gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        plain_csv.unlink()
+    elif compression == "zip":
+        # A fixed member timestamp keeps re-runs byte-identical (same logical date, same sha256).
+        info = zipfile.ZipInfo(member_name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zipfile.ZipFile(dest, "w") as zf, open(plain_csv, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        plain_csv.unlink()
+    else:
+        raise ConfigError(f"unknown compression {compression!r}; use none, gzip or zip")
+    return dest

@@ -1,0 +1,150 @@
+"""One segment, one logical date: fetch -> (decrypt) -> shape -> (encrypt) -> deliver -> report.
+
+This is the body of the DAG's `transfer` task, as plain Python. It is a transaction: every
+intermediate file lives in a private scratch directory that is removed on the way out
+(plaintext never outlives the call), nothing is delivered when too many rows are rejected,
+and the delivery replaces the remote file of the same date atomically - so the task can be
+cleared and re-run any number of times with the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from include.clients.pgp.files import PgpKey, decrypt_file, encrypt_file, is_encrypted_name
+from include.clients.sftp import SftpSettings, deliver
+from include.common.errors import ConfigError, RejectedRowsError
+from include.common.scratch import scratch_dir
+from include.segments_to_lytics.config import SegmentConfig
+from include.segments_to_lytics.csv_shape import CsvShaper, ShapeStats, shape_export
+from include.segments_to_lytics.export_files import detect_kind
+from include.segments_to_lytics.packaging import compress
+
+log = logging.getLogger(__name__)
+
+_PGP_ARMOR = b"-----BEGIN PGP"
+_ZIP_OR_GZIP = (b"PK", b"\x1f\x8b")
+
+
+@dataclass(frozen=True)
+class TransferJob:
+    segment: SegmentConfig
+    logical_date: datetime
+    sftp: SftpSettings
+    quarantine_dir: Path
+    decrypt_key: PgpKey | None = None
+    encrypt_key: PgpKey | None = None
+    workers: int = 1
+
+    @property
+    def ds_nodash(self) -> str:
+        return self.logical_date.astimezone(UTC).strftime("%Y%m%d")
+
+    @property
+    def timestamp_value(self) -> str:
+        """Every row's timestamp: the run's logical date, so a re-run writes the same file."""
+        return self.logical_date.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def quarantine_path(self) -> Path:
+        seg = self.segment
+        return self.quarantine_dir / seg.name / f"{seg.file_root}_{self.ds_nodash}.quarantine.csv"
+
+
+def looks_encrypted(path: Path) -> bool:
+    """PGP by name (.pgp/.gpg/.asc) or by content (armor header, or a binary OpenPGP packet)."""
+    if is_encrypted_name(path.name):
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(_PGP_ARMOR):
+        return True
+    # Binary OpenPGP packets start with a tag byte whose high bit is set; zip/gzip/JSON/CSV don't.
+    return bool(head) and head[0] & 0x80 != 0 and not head.startswith(_ZIP_OR_GZIP)
+
+
+def _decrypt_if_needed(job: TransferJob, raw: Path) -> Path:
+    if not looks_encrypted(raw):
+        return raw
+    if job.decrypt_key is None:
+        raise ConfigError(
+            f"segment {job.segment.name!r}: the export {raw.name!r} is PGP-encrypted but the segment has no "
+            f"pgp.decrypt_conn_id; add the connection holding the private key and passphrase"
+        )
+    name = raw.name
+    for suffix in (".pgp", ".gpg", ".asc"):
+        name = name.removesuffix(suffix)
+    plain = raw.with_name("decrypted-" + (name if name != raw.name else name + ".bin"))
+    decrypt_file(raw, plain, job.decrypt_key.key, job.decrypt_key.passphrase, key_source=job.decrypt_key.source)
+    raw.unlink()
+    log.info("Decrypted %s with %s", raw.name, job.decrypt_key.source)
+    return plain
+
+
+def _check_rejections(job: TransferJob, stats: ShapeStats) -> None:
+    seg = job.segment
+    if stats.rejected_share <= seg.max_rejected_share:
+        return
+    reasons = ", ".join(f"{reason}: {count:,}" for reason, count in stats.reasons.most_common(5))
+    raise RejectedRowsError(
+        f"segment {seg.name!r}: {stats.rows_rejected:,} of {stats.rows_read:,} rows "
+        f"({stats.rejected_share:.2%}) were rejected, above max_rejected_share {seg.max_rejected_share:.2%}. "
+        f"Nothing was delivered. Rejected rows with their reasons are in {job.quarantine_path} "
+        f"({reasons}). Fix the source data, or raise max_rejected_share for this segment, then clear the task."
+    )
+
+
+def transfer_segment(job: TransferJob, fetch: Callable[[Path], Path]) -> dict:
+    """Run the whole transfer; `fetch(scratch)` puts the export file into scratch and returns it."""
+    seg = job.segment
+    with scratch_dir(seg.name) as work:
+        raw = _decrypt_if_needed(job, fetch(work))
+        export_bytes = raw.stat().st_size
+        kind = detect_kind(raw)
+        shaper = CsvShaper(
+            seg.columns, id_field=seg.id_field, timestamp_column=seg.timestamp_column,
+            timestamp_value=job.timestamp_value, nested=kind != "csv",
+        )
+        plain_csv = work / f"{seg.file_root}_{job.ds_nodash}.csv"
+        stats = shape_export(raw, shaper, plain_csv, job.quarantine_path, kind=kind, workers=job.workers)
+        raw.unlink()
+        log.info(
+            "Segment %s: read %d rows, wrote %d, rejected %d, duplicates %d (%s)", seg.name, stats.rows_read,
+            stats.rows_written, stats.rows_rejected, stats.rows_duplicate, dict(stats.reasons) or "no rejections",
+        )
+        _check_rejections(job, stats)
+
+        remote_name = seg.remote_name(job.ds_nodash)
+        packaged = compress(plain_csv, seg.compression, work / remote_name.removesuffix(".pgp"), plain_csv.name)
+        if job.encrypt_key is not None:
+            encrypted = work / remote_name
+            encrypt_file(packaged, encrypted, job.encrypt_key.key,
+                         compress=seg.pgp.compress and seg.compression == "none", key_source=job.encrypt_key.source)
+            os.unlink(packaged)
+            packaged = encrypted
+        delivery = deliver(job.sftp, packaged, seg.remote_path(job.ds_nodash), manifest=seg.manifest)
+
+    return {
+        "segment": seg.name,
+        "segment_id": seg.segment_id,
+        "source": seg.source,
+        "logical_date": job.timestamp_value,
+        "rows_read": stats.rows_read,
+        "rows_written": stats.rows_written,
+        "rows_quarantined": stats.rows_quarantined,
+        "rows_rejected": stats.rows_rejected,
+        "rows_duplicate": stats.rows_duplicate,
+        "quarantine_file": str(job.quarantine_path) if stats.rows_quarantined else None,
+        "export_bytes": export_bytes,
+        "bytes": delivery.bytes,
+        "sha256": delivery.sha256,
+        "remote_path": delivery.remote_path,
+        "manifest_path": delivery.manifest_path,
+        "encrypted": job.encrypt_key is not None,
+        "compression": seg.compression,
+    }

@@ -1,0 +1,184 @@
+"""Task bodies of `braze_segments_to_lytics`: Airflow context and Connections in, core calls out.
+
+    plan_segments    -> include.segments_to_lytics.config (read once: the run's frozen configuration)
+    start_export     -> hooks.braze -> include.clients.braze.export (POST /users/export/segment)
+                        or the drop folder of source: drop
+    wait_for_export  -> sensors.braze_export -> export_is_ready (the export link, or
+                        include.segments_to_lytics.drop_source)
+    transfer         -> hooks.sftp_target / hooks.pgp_key -> include.segments_to_lytics.transfer
+                        (download -> pgp decrypt? -> csv_shape -> pgp encrypt? -> clients.sftp)
+    summarize        -> the run's table, XCom and asset event
+
+Each segment's configuration travels from plan_segments through XCom, so a cleared task runs
+with the settings its run was planned with. Heavy modules are imported inside the functions
+(DAG parsing must stay light).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from braze_lytics.failures import fail_fast_on_permanent_errors
+
+log = logging.getLogger(__name__)
+
+def run_date(context) -> Any:
+    """The run's date: its logical date, or for a manual run without one, when it was due."""
+    return context.get("logical_date") or context["dag_run"].run_after
+
+
+def plan_segments(selected: list[str] | None) -> list[dict]:
+    """Read and validate the configuration; one small dict per segment to map over."""
+    from include.segments_to_lytics.config import load_config
+
+    with fail_fast_on_permanent_errors():
+        config = load_config()
+        segments = config.select(selected or [])
+    log.info("Configuration %s: %d segment(s): %s", config.path, len(segments), [s.name for s in segments])
+    return [s.to_dict() for s in segments]
+
+
+def start_export(segment: dict, context) -> dict:
+    """Ask Braze for the export (api) or work out where the drop will land (drop)."""
+    from include.segments_to_lytics.config import SegmentConfig
+
+    seg = SegmentConfig.from_dict(segment)
+    context["segment_label"] = seg.name
+    common = {
+        "segment": seg.name,
+        "kind": seg.source,
+        "poll_interval_seconds": seg.poll_interval_seconds,
+        "timeout_seconds": seg.export_timeout_minutes * 60,
+    }
+    with fail_fast_on_permanent_errors():
+        if seg.source == "drop":
+            ds = run_date(context).strftime("%Y-%m-%d")
+            directory = seg.drop.directory_for(segment_id=seg.segment_id, name=seg.name, ds=ds)
+            log.info("Segment %s: expecting a drop matching %r in %s", seg.name, seg.drop.pattern, directory)
+            return {**common, "directory": directory, "pattern": seg.drop.pattern, "conn_id": seg.drop.conn_id}
+        from braze_lytics.hooks.braze import BrazeHook
+
+        client = BrazeHook(seg.braze_conn_id).get_conn()
+        job = client.start_segment_export(seg.segment_id, list(seg.fields_to_export), seg.output_format)
+        log.info("Segment %s: Braze export started (object prefix %s)", seg.name, job.object_prefix)
+        # The download link is pre-signed (a bearer secret): only its sealed form goes to XCom.
+        return {**common, "braze_conn_id": seg.braze_conn_id, "object_prefix": job.object_prefix,
+                "sealed_url": client.seal(job.url), "output_format": seg.output_format}
+
+
+def _drop_sftp(export: dict):
+    if not export.get("conn_id"):
+        return None
+    from braze_lytics.hooks.sftp_target import SftpTargetHook
+
+    return SftpTargetHook(export["conn_id"]).get_settings()
+
+
+def export_is_ready(export: dict) -> bool:
+    if export["kind"] == "drop":
+        from include.segments_to_lytics.drop_source import find_drop
+
+        name = find_drop(export["directory"], export["pattern"], _drop_sftp(export))
+        log.info("Drop for %s: %s", export["segment"], f"found {name}" if name else "nothing yet")
+        return name is not None
+    from braze_lytics.hooks.braze import BrazeHook
+
+    client = BrazeHook(export["braze_conn_id"]).get_conn()
+    ready = client.export_ready(client.unseal(export["sealed_url"]))
+    log.info("Braze export for %s: %s", export["segment"], "ready" if ready else "not ready yet")
+    return ready
+
+
+def _fetcher(export: dict):
+    """A function that puts the export file into the scratch directory it is given."""
+    if export["kind"] == "drop":
+        from include.common.errors import NotFoundError
+        from include.segments_to_lytics.drop_source import fetch_drop, find_drop
+
+        sftp = _drop_sftp(export)
+
+        def fetch_drop_file(work: Path) -> Path:
+            name = find_drop(export["directory"], export["pattern"], sftp)
+            if name is None:
+                raise NotFoundError(
+                    f"segment {export['segment']!r}: no file matching {export['pattern']!r} in "
+                    f"{export['directory']!r} any more; was it moved? Re-drop it and clear the segment's tasks."
+                )
+            log.info("Taking drop file %s from %s", name, export["directory"])
+            return fetch_drop(export["directory"], name, work, sftp)
+
+        return fetch_drop_file
+
+    from braze_lytics.hooks.braze import BrazeHook
+
+    client = BrazeHook(export["braze_conn_id"]).get_conn()
+    url = client.unseal(export["sealed_url"])
+
+    def download_export(work: Path) -> Path:
+        dest = work / ("export.zip" if export["output_format"] == "zip" else "export.json.gz")
+        client.download(url, dest)
+        return dest
+
+    return download_export
+
+
+def transfer(segment: dict, export: dict, context) -> dict:
+    """Download, shape, protect and deliver one segment; returns the small report dict."""
+    from braze_lytics.hooks.pgp_key import PgpKeyHook
+    from braze_lytics.hooks.sftp_target import SftpTargetHook
+    from include.common import settings
+    from include.segments_to_lytics.config import SegmentConfig
+    from include.segments_to_lytics.transfer import TransferJob, transfer_segment
+
+    seg = SegmentConfig.from_dict(segment)
+    context["segment_label"] = seg.name
+    with fail_fast_on_permanent_errors():
+        job = TransferJob(
+            segment=seg,
+            logical_date=run_date(context),
+            sftp=SftpTargetHook(seg.sftp_conn_id).get_settings(),
+            quarantine_dir=settings.quarantine_dir(),
+            decrypt_key=PgpKeyHook(seg.pgp.decrypt_conn_id).get_private_key() if seg.pgp.decrypt_conn_id else None,
+            encrypt_key=PgpKeyHook(seg.pgp.encrypt_conn_id).get_public_key() if seg.pgp.encrypt_conn_id else None,
+            workers=settings.shape_workers(),
+        )
+        report = transfer_segment(job, _fetcher(export))
+    log.info("Segment %s delivered:\n%s", seg.name, "\n".join(f"  {k:<17} {v}" for k, v in report.items()))
+    return report
+
+
+SUMMARY_KEYS = ("rows_read", "rows_written", "rows_quarantined", "bytes")
+
+
+def summarize(reports, expected: list[dict]) -> dict:
+    """The run's summary; fails the run (after reporting) if any segment did not deliver."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if expected is None:
+        raise AirflowFailException("no segments were planned: plan_segments failed (see its log, usually the "
+                                   "configuration file)")
+    # Airflow 3.3.2 hands over a mapped task group's single result as the bare dict, and
+    # several results as a lazy sequence (with None for instances that pushed nothing).
+    reports = [reports] if isinstance(reports, dict) else list(reports or [])
+
+    delivered = {r["segment"]: r for r in reports if r}
+    missing = [s["name"] for s in expected if s["name"] not in delivered]
+    lines = ["| segment | rows read | written | quarantined | bytes | remote path |", "|---|---:|---:|---:|---:|---|"]
+    for r in delivered.values():
+        lines.append(f"| {r['segment']} | {r['rows_read']:,} | {r['rows_written']:,} | {r['rows_quarantined']:,} "
+                     f"| {r['bytes']:,} | {r['remote_path']} |")
+    for name in missing:
+        lines.append(f"| {name} | FAILED | | | | see the segment's task logs |")
+    log.info("Run summary:\n%s", "\n".join(lines))
+    summary = {
+        "segments": len(expected),
+        "delivered": sorted(delivered),
+        "failed": missing,
+        **{k: sum(r[k] for r in delivered.values()) for k in SUMMARY_KEYS},
+        "files": {name: r["remote_path"] for name, r in delivered.items()},
+    }
+    if missing:
+        raise AirflowFailException(f"{len(missing)} of {len(expected)} segment(s) were not delivered: {missing}")
+    return summary
