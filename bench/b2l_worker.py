@@ -31,6 +31,7 @@ COLUMNS = {
     "vip": "custom_attributes.vip",
     "devices": "devices",
 }
+ID_FIELD = "external_id"
 TIMESTAMP_COLUMN = "timestamp"
 TIMESTAMP_VALUE = "2026-11-23T00:00:00Z"
 

@@ -4,9 +4,12 @@
 For each segment in the pipeline configuration (`$BRAZE_LYTICS_CONFIG`, default
 `include/config/braze_lytics.yaml`), one mapped task group, labelled with the segment's name:
 
-1. **start_export** - `POST /users/export/segment` (source `api`), or locate the landing
-   folder of a dashboard export (source `drop`).
-2. **wait_for_export** - sensor in reschedule mode: no worker slot is held while Braze works.
+1. **start_export** - check the SFTP target (host key, login, writable directory), then
+   `POST /users/export/segment` (source `api`: a download link, or a bucket export when the
+   workspace exports to its own bucket), or locate the landing folder of a dashboard export
+   (source `drop`).
+2. **wait_for_export** - sensor in reschedule mode: no worker slot is held while Braze works
+   (link probed with a ranged GET; bucket export complete once its folder is quiet).
 3. **transfer** - download -> PGP-decrypt (if encrypted) -> shape to Lytics CSV (quarantining
    rejected rows) -> gzip/zip -> PGP-encrypt (optional) -> atomic SFTP delivery to
    `<remote_dir>/<file_root>_<YYYYMMDD>.csv[.gz|.zip][.pgp]` with a `.sha256` manifest.

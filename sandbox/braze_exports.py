@@ -1,71 +1,96 @@
-"""Segment export jobs of the Braze sandbox: ``POST /users/export/segment`` and the download links.
+"""Segment export jobs of the Braze sandbox: ``POST /users/export/segment``, links and bucket writes.
 
-Modelled on Braze docs, "POST: Export user profile by segment" (``/users/export/segment``):
+Modelled on Braze docs, "Export users by segment" (``/users/export/segment``), and, for the
+download link, on Amazon S3's pre-signed URLs (see :mod:`sandbox.s3_link`):
 
-* The POST (after auth and the rate limit, which ``BrazeSandbox`` checks) takes a JSON object
-  with ``segment_id``, ``fields_to_export`` (required, a non-empty list of strings),
-  ``output_format`` (``zip``, the default, or ``gzip``) and an optional ``callback_endpoint``
-  string (accepted, never called); it answers ``201 {"message": "success", "object_prefix":
-  ..., "url": ...}``. One export per segment at a time (429 + ``Retry-After`` while one is in
-  progress) and at most ``MAX_CONCURRENT_EXPORTS`` running at once (429).
-* ``GET|HEAD /exports/<token>.zip|.gz`` imitates the pre-signed S3 URL: no auth, 404 until
-  ``export_delay`` seconds after the POST, then the file. Files are generated lazily, once per
-  export, onto disk (bounded memory) and streamed from there: a zip holds one
-  ``<object_prefix>-<n>.json`` member per ``USERS_PER_FILE`` users, a gzip file one gzip member
-  per ``USERS_PER_FILE`` users (an empty segment gives one empty member).
+* The POST (after auth and the rate limit, which ``BrazeSandbox`` checks) takes a JSON object with
+  ``segment_id``, ``fields_to_export`` (required, a non-empty list of strings), ``output_format``
+  (``zip``, the default, or ``gzip``) and an optional ``callback_endpoint`` (an absolute http(s)
+  URL). One export per segment at a time (429 + ``Retry-After`` while one is in progress) and at
+  most ``MAX_CONCURRENT_EXPORTS`` running at once (429). ``object_prefix`` is a random UUID plus
+  the export's start time (epoch seconds).
+* **By link** (no bucket): ``201 {"message": "success", "object_prefix": ..., "url": ...}``. The
+  URL is ``<sandbox>/exports/<token>.zip|.gz?X-Amz-...`` and behaves like a pre-signed S3 GET
+  link: any method but ``GET`` -> ``403 SignatureDoesNotMatch``; before the export is ready
+  (``export_delay`` seconds after the POST) -> ``404 NoSuchKey``, or ``403 AccessDenied`` with
+  ``not_ready_status=403`` (S3's answer when the signer may not list the bucket); ``link_ttl``
+  seconds after the POST -> ``403 AccessDenied`` "Request has expired" (with ``<Expires>`` and
+  ``<ServerTime>``), ready or not; ``Range`` requests -> ``206``. The file is generated once, on
+  the first GET after readiness, onto disk (bounded memory) and streamed from there
+  (:mod:`sandbox.braze_export_files`). Download faults: :class:`sandbox.braze_faults.DownloadFaults`.
+* **To a bucket** (``bucket=S3Target(...)``): ``201 {"message": "success", "object_prefix": ...}``
+  and no ``url``. ``export_delay`` seconds after the POST a background thread takes the export's
+  finished day from ``finished_day()`` (UTC today by default) and PUTs the objects one by one,
+  ``bucket_object_interval`` seconds apart, to
+  ``segment-export/<SEGMENT_ID>/<YYYY-MM-DD>/<object_prefix>/<object_prefix>-<N>.zip|.json.gz``
+  (:mod:`sandbox.braze_bucket`). No completion marker is written.
+* If the POST had a ``callback_endpoint``, the sandbox POSTs a small JSON to it once the export
+  is available (by link: when ready, with the ``url``; bucket: after the last object), see
+  :func:`sandbox.braze_bucket.post_callback`.
+
+:meth:`SegmentExports.info` / ``BrazeSandbox.export_info(object_prefix)`` tell a test what an
+export did (day, keys written, callback status); ``wait_export`` waits for it to finish.
 """
 
 from __future__ import annotations
 
-import gzip
-import itertools
 import math
-import os
 import re
 import secrets
 import threading
 import time
 import uuid
-import zipfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from sandbox.braze_bucket import BucketWriter, S3Target, object_key, post_callback
+from sandbox.braze_export_files import CONTENT_TYPES, USERS_PER_FILE, chunks, object_body
+from sandbox.braze_export_link import OUTPUT_FORMATS, ExportJob, LinkDownloads
+from sandbox.braze_faults import DownloadFaults
 from sandbox.braze_http import Response, json_object, json_response
 from sandbox.braze_users import SegmentSpec, export_lines
 from sandbox.rate_window import SlidingWindowLimiter
+from sandbox.s3_link import LinkSigner
 
-__all__ = ["DOWNLOAD_RE", "EXPORT_PATH", "OUTPUT_FORMATS", "RATE_LIMIT", "RATE_WINDOW", "SegmentExports"]
+__all__ = [
+    "DOWNLOAD_RE",
+    "EXPORT_PATH",
+    "OUTPUT_FORMATS",
+    "RATE_LIMIT",
+    "RATE_WINDOW",
+    "USERS_PER_FILE",
+    "ExportInfo",
+    "SegmentExports",
+]
 
 EXPORT_PATH = "/users/export/segment"
 RATE_LIMIT = 250_000  # requests per hour for /users/export/segment
 RATE_WINDOW = 3600.0
-USERS_PER_FILE = 5_000
 MAX_CONCURRENT_EXPORTS = 100  # per company
-OUTPUT_FORMATS = {"zip": ("zip", "application/zip"), "gzip": ("gz", "application/gzip")}
-
 DOWNLOAD_RE = re.compile(r"^/exports/([A-Za-z0-9_-]{32,})\.(zip|gz)$")
 
 
-@dataclass
-class _Export:
-    token: str
-    spec: SegmentSpec
-    fields: list[str]
-    output_format: str  # "zip" | "gzip"
+@dataclass(frozen=True)
+class ExportInfo:
+    """A snapshot of one export, for tests (``BrazeSandbox.export_info``)."""
+
+    segment_id: str
     object_prefix: str
-    day: str  # YYYY-MM-DD (UTC) of the request
-    ready_at: float  # time.monotonic()
-    path: Path
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    output_format: str
+    mode: str  # "link" | "bucket"
+    url: str | None
+    day: str | None  # YYYY-MM-DD the export finished (bucket: set when writing starts)
+    keys: tuple[str, ...]  # bucket objects written so far, in order (file 0, 1, ...)
+    files: int  # number of files: ceil(size / users_per_file) (0 for an empty segment)
+    finished: bool  # all data written (bucket) / ready (link), and the callback sent if any
+    error: str | None  # why writing to the bucket failed
+    callback_status: int | str | None  # the callback's HTTP status, or the error; None: not sent
 
-    @property
-    def ext(self) -> str:
-        return OUTPUT_FORMATS[self.output_format][0]
 
-
-class SegmentExports:
+class SegmentExports(LinkDownloads):
     """The segments one sandbox can export, the exports requested so far, and their files.
 
     ``lock`` is the sandbox-wide lock (it guards this state, too); ``base_url`` returns the
@@ -79,21 +104,69 @@ class SegmentExports:
         base_url: Callable[[], str],
         export_delay: float = 2.0,
         rate_limit: int = RATE_LIMIT,
+        *,
+        users_per_file: int = USERS_PER_FILE,
+        link_ttl: float = 3600.0,
+        not_ready_status: int = 404,
+        bucket: S3Target | None = None,
+        bucket_object_interval: float = 0.0,
+        finished_day: Callable[[], date] | None = None,
     ) -> None:
+        if not isinstance(users_per_file, int) or users_per_file < 1:
+            raise ValueError(f"users_per_file must be an int >= 1, got {users_per_file!r}")
+        if not link_ttl > 0:
+            raise ValueError(f"link_ttl must be > 0 seconds, got {link_ttl!r}")
+        if not_ready_status not in (403, 404):
+            raise ValueError(
+                f"not_ready_status must be 404 (NoSuchKey) or 403 (AccessDenied), got {not_ready_status!r}"
+            )
+        if bucket_object_interval < 0:
+            raise ValueError("bucket_object_interval must be >= 0")
         self._lock = lock
         self._base_url = base_url
         self.export_delay = float(export_delay)
+        self.users_per_file = users_per_file
+        self.link_ttl = float(link_ttl)
+        self.not_ready_status = not_ready_status
+        self.bucket = bucket
+        self.bucket_object_interval = float(bucket_object_interval)
+        self.finished_day = finished_day or (lambda: datetime.now(UTC).date())
         self.data_dir: Path | None = None
+        self.signer = LinkSigner()
+        self.download_faults = DownloadFaults()
+        self._writer: BucketWriter | None = None
+        self._writer_lock = threading.Lock()
         self._segments: dict[str, SegmentSpec] = {}
-        self._exports: dict[str, _Export] = {}  # token -> export
-        self._latest: dict[str, _Export] = {}  # segment_id -> most recent export
+        self._exports: dict[str, ExportJob] = {}  # token (link) or object_prefix (bucket) -> export
+        self._by_prefix: dict[str, ExportJob] = {}
+        self._latest: dict[str, ExportJob] = {}  # segment_id -> most recent export
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
         self.limiter = SlidingWindowLimiter(rate_limit, RATE_WINDOW)
-        self.files_generated = 0  # how many export files were written (each export at most once)
+        self.files_generated = 0  # how many by-link archives were written (each export at most once)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start_background(self) -> None:
+        self._stop = threading.Event()
+
+    def stop_background(self) -> None:
+        """Stop bucket writers and pending callbacks (they give up at their next wait)."""
+        self._stop.set()
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for t in threads:
+            t.join(timeout=10)
 
     def add_segment(self, spec: SegmentSpec) -> None:
         """Add (or replace) a segment. Exports already requested keep the spec they were made with."""
         with self._lock:
             self._segments[spec.segment_id] = spec
+
+    # ------------------------------------------------------------------ POST
+    def _in_progress(self, export: ExportJob, now: float) -> bool:
+        if export.token is not None:
+            return now < export.ready_at
+        return not export.written.is_set()
 
     def request(self, authorized: bool, headers, body: bytes) -> Response:
         """``POST /users/export/segment``: auth, rate limit, validation, then a new export job."""
@@ -125,8 +198,10 @@ class SegmentExports:
         if not isinstance(output_format, str) or output_format not in OUTPUT_FORMATS:
             return bad(f"Invalid output_format: {output_format!r} (expected 'zip' or 'gzip')")
         callback = payload.get("callback_endpoint")
-        if callback is not None and not isinstance(callback, str):
-            return bad("callback_endpoint must be a string")
+        if callback is not None:
+            parts = urlsplit(callback) if isinstance(callback, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+                return bad("callback_endpoint must be an absolute http(s) URL")
 
         now = time.monotonic()
         with self._lock:
@@ -134,78 +209,136 @@ class SegmentExports:
             if spec is None:
                 return bad(f"Invalid segment_id: {segment_id}")
             previous = self._latest.get(segment_id)
-            if previous is not None and now < previous.ready_at:
-                retry = max(1, math.ceil(previous.ready_at - now))
+            if previous is not None and self._in_progress(previous, now):
+                retry = max(1, math.ceil(previous.ready_at - now + self.bucket_object_interval))
                 return json_response(
                     429,
                     {"message": "An export for this segment is already in progress"},
                     **rl_headers,
                     **{"Retry-After": str(retry)},
                 )
-            running = sum(1 for e in self._latest.values() if now < e.ready_at)
+            running = sum(1 for e in self._latest.values() if self._in_progress(e, now))
             if running >= MAX_CONCURRENT_EXPORTS:
                 return json_response(
                     429, {"message": "Too many concurrent exports"}, **rl_headers, **{"Retry-After": "1"}
                 )
-            token = secrets.token_urlsafe(48)
-            object_prefix = f"{uuid.uuid4()}-{int(time.time())}"
-            export = _Export(
-                token=token,
+            export = ExportJob(
                 spec=spec,
                 fields=list(fields),
                 output_format=output_format,
-                object_prefix=object_prefix,
-                day=datetime.now(UTC).strftime("%Y-%m-%d"),
+                object_prefix=f"{uuid.uuid4()}-{int(time.time())}",
                 ready_at=now + self.export_delay,
-                path=self.data_dir / f"{token}.{OUTPUT_FORMATS[output_format][0]}",
+                callback=callback,
+                files=math.ceil(spec.size / self.users_per_file),
             )
-            self._exports[token] = export
+            answer = {"message": "success", "object_prefix": export.object_prefix}
+            if self.bucket is None:
+                self._sign(export, now)
+                self._exports[export.token] = export
+                answer["url"] = export.url
+            self._by_prefix[export.object_prefix] = export
             self._latest[segment_id] = export
-        return json_response(
-            201,
-            {
-                "message": "success",
-                "object_prefix": object_prefix,
-                "url": f"{self._base_url()}/exports/{token}.{export.ext}",
-            },
-            **rl_headers,
+            if self.bucket is not None:
+                self._spawn(self._write_bucket, export)
+            elif callback is not None:
+                self._spawn(self._link_callback, export)
+        return json_response(201, answer, **rl_headers)
+
+    def _sign(self, export: ExportJob, now: float) -> None:
+        token = secrets.token_urlsafe(48)
+        path = f"/exports/{token}.{export.ext}"
+        signed_at = datetime.now(UTC)
+        export.token = token
+        export.expires_at = now + self.link_ttl
+        export.expires_wall = signed_at + timedelta(seconds=self.link_ttl)
+        export.url = f"{self._base_url()}{path}?{self.signer.presign(path, signed_at, max(1, math.ceil(self.link_ttl)))}"
+        export.path = self.data_dir / f"{token}.{export.ext}"
+
+    def _spawn(self, target: Callable[[ExportJob], None], export: ExportJob) -> None:
+        t = threading.Thread(
+            target=target, args=(export,), name=f"braze-export-{export.object_prefix[:8]}", daemon=True
         )
+        self._threads = [x for x in self._threads if x.is_alive()]
+        self._threads.append(t)
+        t.start()
 
-    def download(self, token: str, ext: str) -> Response:
-        """``GET|HEAD /exports/<token>.<ext>``: 404 until the export is ready, then its file."""
+    # ------------------------------------------------------------------ bucket mode and callbacks
+    def _callback(self, export: ExportJob) -> None:
+        if export.callback is not None and not self._stop.is_set():
+            payload = {
+                "segment_id": export.spec.segment_id,
+                "object_prefix": export.object_prefix,
+                "status": "completed",
+                "file_count": export.files,
+            }
+            if export.url is not None:
+                payload["url"] = export.url
+            export.callback_status = post_callback(export.callback, payload)
+        export.done.set()
+
+    def _link_callback(self, export: ExportJob) -> None:
+        if self._stop.wait(max(0.0, export.ready_at - time.monotonic())):
+            return
+        self._callback(export)
+
+    def _write_bucket(self, export: ExportJob) -> None:
+        stop = self._stop
+        if stop.wait(max(0.0, export.ready_at - time.monotonic())):
+            return
+        spec = export.spec
+        export.day = self.finished_day().isoformat()
+        try:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = BucketWriter(self.bucket)
+                writer = self._writer
+            lines = export_lines(spec, export.fields)
+            for n, data in enumerate(chunks(lines, self.users_per_file)):
+                if n and stop.wait(self.bucket_object_interval):
+                    return
+                key = object_key(spec.segment_id, export.day, export.object_prefix, n, export.output_format)
+                writer.put(
+                    key,
+                    object_body(data, export.object_prefix, n, export.output_format),
+                    CONTENT_TYPES[export.output_format],
+                )
+                with self._lock:
+                    export.keys.append(key)
+        except Exception as e:  # the export failed (Braze would e-mail the failure)
+            export.error = f"{type(e).__name__}: {e}"
+            export.written.set()
+            export.done.set()
+            return
+        export.written.set()
+        self._callback(export)
+
+    def info(self, object_prefix: str) -> ExportInfo:
         with self._lock:
-            export = self._exports.get(token)
-        if export is None or export.ext != ext or time.monotonic() < export.ready_at:
-            return json_response(404, {"message": "The specified key does not exist."})
-        self._materialise(export)
-        return Response(200, file=export.path, content_type=OUTPUT_FORMATS[export.output_format][1])
+            e = self._by_prefix.get(object_prefix)
+            if e is None:
+                raise KeyError(f"no export with object_prefix {object_prefix!r}")
+            finished = e.done.is_set() or (e.callback is None and e.written.is_set())
+            if e.token is not None and e.callback is None:
+                finished = time.monotonic() >= e.ready_at
+            return ExportInfo(
+                segment_id=e.spec.segment_id,
+                object_prefix=e.object_prefix,
+                output_format=e.output_format,
+                mode="link" if e.token is not None else "bucket",
+                url=e.url,
+                day=e.day,
+                keys=tuple(e.keys),
+                files=e.files,
+                finished=finished,
+                error=e.error,
+                callback_status=e.callback_status,
+            )
 
-    def _materialise(self, export: _Export) -> None:
-        """Write the export file once (first request after readiness); others wait on the lock."""
-        with export.lock:
-            if export.path.exists():
-                return
-            tmp = export.path.with_name(export.path.name + ".part")
-            chunks = _chunks(export_lines(export.spec, export.fields), USERS_PER_FILE)
-            if export.output_format == "zip":
-                base = f"segment-export/{export.spec.segment_id}/{export.day}/{export.object_prefix}"
-                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-                    for n, chunk in enumerate(chunks):
-                        zf.writestr(f"{base}/{export.object_prefix}-{n}.json", b"".join(chunk))
-            else:
-                with open(tmp, "wb") as f:
-                    wrote = False
-                    for chunk in chunks:
-                        f.write(gzip.compress(b"".join(chunk), compresslevel=1, mtime=0))
-                        wrote = True
-                    if not wrote:  # empty segment: one empty member, still a valid gzip stream
-                        f.write(gzip.compress(b"", mtime=0))
-            os.replace(tmp, export.path)
-            with self._lock:
-                self.files_generated += 1
-
-
-def _chunks(lines: Iterable[bytes], size: int):
-    it = iter(lines)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
+    def wait(self, object_prefix: str, timeout: float = 30.0) -> ExportInfo:
+        """Wait until the export has finished (see :class:`ExportInfo`), then return its info."""
+        deadline = time.monotonic() + timeout
+        while not (info := self.info(object_prefix)).finished:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"export {object_prefix} did not finish within {timeout} s: {info}")
+            time.sleep(0.02)
+        return info

@@ -1,14 +1,23 @@
 """Fault injection for the Braze sandbox: failures on demand and a seeded share of ``/users/track``.
 
-Two sources, checked in this order for every request:
+Request faults, checked in this order for every request:
 
-* ``fail_next(n, status)`` -- the next ``n`` requests, to any endpoint, are faulted;
+* ``fail_next(n, status, path=None)`` -- the next ``n`` requests (to ``path`` only, if given;
+  to any endpoint otherwise) are faulted;
 * ``share`` (0..1) -- that share of ``POST /users/track`` requests, drawn with
   ``random.Random(seed)`` (deterministic for a sequential client) from ``kinds``.
 
-A fault is an HTTP status 400-599 (429 and 503 carry ``Retry-After: 1``), ``"timeout"`` (sleep
-``sleep`` seconds, then 500) or ``"reset"`` (close the connection without a response). A faulted
-request applies nothing and does not count against a rate limit.
+A request fault is an HTTP status 400-599 (429 and 503 carry ``Retry-After: 1``), ``"timeout"``
+(sleep ``sleep`` seconds, then 500), ``"reset"`` (close the connection without a response) or
+``"html"`` (``200`` with ``Content-Type: text/html`` and an HTML page, as a misconfigured host
+or an intercepting proxy answers; no Braze headers). On a download link the statuses answer in
+S3's XML. A faulted request applies nothing and does not count against a rate limit.
+
+Download faults (:class:`DownloadFaults`, ``BrazeSandbox.fail_downloads``) spoil the body of a
+*full* GET of a ready export file (a ``Range`` request, such as a readiness probe, is answered
+truthfully and does not use one up): ``"empty"`` (``200`` with a 0-byte body), ``"truncated"``
+(``Content-Length`` of the whole file, then the connection closes after half of it) and
+``"html"`` (``200``, ``text/html``, an HTML page).
 """
 
 from __future__ import annotations
@@ -19,18 +28,30 @@ from collections.abc import Iterable
 
 from sandbox.braze_http import Response, json_response
 from sandbox.rate_window import SlidingWindowLimiter
+from sandbox.s3_link import s3_error
 
-__all__ = ["FAULT_KINDS", "FaultInjector", "check_fault"]
+__all__ = ["DOWNLOAD_FAULTS", "FAULT_KINDS", "HTML_PAGE", "DownloadFaults", "FaultInjector", "check_fault"]
 
 FAULT_KINDS: tuple[int | str, ...] = (429, 500, 503, "timeout", "reset")
+DOWNLOAD_FAULTS = ("empty", "truncated", "html")
+HTML_PAGE = (
+    b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Sign in</title></head>\n'
+    b"<body><h1>Sign in to continue</h1><p>Your session has expired. Please sign in again.</p>\n"
+    b'<form method="post" action="/login"><input name="user"><input name="password" type="password">'
+    b"<button>Sign in</button></form></body></html>\n"
+)
+_S3_CODES = {
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    503: ("SlowDown", "Please reduce your request rate."),
+}
 
 
 def check_fault(kind: int | str) -> int | str:
-    if kind in ("timeout", "reset"):
+    if kind in ("timeout", "reset", "html"):
         return kind
     if isinstance(kind, int) and not isinstance(kind, bool) and 400 <= kind <= 599:
         return kind
-    raise ValueError(f"invalid fault {kind!r}: expected an HTTP status 400-599, 'timeout' or 'reset'")
+    raise ValueError(f"invalid fault {kind!r}: expected an HTTP status 400-599, 'timeout', 'reset' or 'html'")
 
 
 class FaultInjector:
@@ -48,31 +69,68 @@ class FaultInjector:
         self._rng = random.Random(seed)
         self._fail_count = 0
         self._fail_status: int | str = 500
+        self._fail_path: str | None = None
 
-    def arm(self, n: int, status: int | str) -> None:
-        """Fault the next ``n`` requests with ``status`` (already checked with :func:`check_fault`)."""
+    def arm(self, n: int, status: int | str, path: str | None = None) -> None:
+        """Fault the next ``n`` requests (to ``path`` only, if given) with ``status`` (checked)."""
         self._fail_count = n
         self._fail_status = status
+        self._fail_path = path
 
-    def draw(self, track: bool) -> int | str | None:
+    def draw(self, track: bool, path: str = "") -> int | str | None:
         """The fault for this request (``track``: a ``POST /users/track``), or None."""
-        if self._fail_count > 0:
+        if self._fail_count > 0 and self._fail_path in (None, path):
             self._fail_count -= 1
             return self._fail_status
         if track and self.share > 0 and self._rng.random() < self.share:
             return self._rng.choice(self.kinds)
         return None
 
-    def respond(self, fault: int | str, limiter: SlidingWindowLimiter) -> Response:
-        """The answer to a faulted request, with ``limiter``'s headers (nothing counted)."""
+    def respond(self, fault: int | str, limiter: SlidingWindowLimiter | None, s3: bool = False) -> Response:
+        """The answer to a faulted request, with ``limiter``'s headers if any (nothing counted).
+
+        ``s3``: the request was to a download link, so a status answers in S3's XML.
+        """
         if fault == "reset":
             return Response(0, reset=True)
+        if fault == "html":
+            return Response(200, HTML_PAGE, content_type="text/html; charset=utf-8")
+        label = fault
         if fault == "timeout":
             time.sleep(self.sleep)
-            resp = json_response(500, {"message": "Injected failure (timeout)"})
+            fault = 500
+        if s3:
+            code, message = _S3_CODES.get(fault, ("ServiceUnavailable", f"Injected failure ({label})"))
+            resp = s3_error(fault, code, message)
         else:
-            resp = json_response(fault, {"message": f"Injected failure ({fault})"})
-            if fault in (429, 503):
-                resp.headers["Retry-After"] = "1"
-        resp.headers.update(limiter.peek())
+            resp = json_response(fault, {"message": f"Injected failure ({label})"})
+        if fault in (429, 503):
+            resp.headers["Retry-After"] = "1"
+        if limiter is not None:
+            resp.headers.update(limiter.peek())
         return resp
+
+
+class DownloadFaults:
+    """Download faults armed for the next ``n`` full GETs of ready export files (of one export,
+    by ``object_prefix``, or of any). Not locked itself: ``BrazeSandbox`` holds its lock."""
+
+    def __init__(self) -> None:
+        self._armed: list[list] = []  # [remaining, kind, object_prefix or None], oldest first
+
+    def arm(self, n: int, kind: str, object_prefix: str | None = None) -> None:
+        if kind not in DOWNLOAD_FAULTS:
+            raise ValueError(f"invalid download fault {kind!r}: expected one of {DOWNLOAD_FAULTS}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        self._armed.append([n, kind, object_prefix])
+
+    def draw(self, object_prefix: str) -> str | None:
+        """The fault for this full GET of ``object_prefix``'s file, or None (first armed match)."""
+        for entry in self._armed:
+            if entry[2] in (None, object_prefix):
+                entry[0] -= 1
+                if entry[0] == 0:
+                    self._armed.remove(entry)
+                return entry[1]
+        return None

@@ -3,8 +3,11 @@
 The handler reads the body (``Content-Length`` only: chunked bodies get a 411, oversized ones a
 413, the per-path cap coming from ``BrazeSandbox._body_limit``), hands method, path, headers,
 body and query to ``BrazeSandbox._handle`` and writes back the :class:`Response` it returns --
-JSON, a file streamed from disk, or (``reset``) no answer at all. A sandbox bug still gets an
-HTTP answer (500), and protocol-level errors answer JSON too.
+JSON, XML or HTML, a file (or one byte range of it) streamed from disk, a body cut short after
+``truncate_at`` bytes with the connection closed (a truncated transfer: ``Content-Length`` still
+announces the whole body), or (``reset``) no answer at all. ``Content-Length`` is always the size
+of the body announced; a ``HEAD`` answer sends the headers only. A sandbox bug still gets an HTTP
+answer (500), and protocol-level errors answer JSON too.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Response:
     file: Path | None = None  # streamed instead of body
     content_type: str = "application/json"
     reset: bool = False  # close the connection without answering at all
+    file_range: tuple[int, int] | None = None  # first and last byte (inclusive) of `file` to send
+    truncate_at: int | None = None  # send this many body bytes, then close the connection
 
 
 def json_response(status: int, payload: dict, **headers: str) -> Response:
@@ -112,7 +117,14 @@ class BrazeHandler(BaseHTTPRequestHandler):
             pass
 
     def _send(self, resp: Response) -> None:
-        size = resp.file.stat().st_size if resp.file is not None else len(resp.body)
+        start = 0
+        if resp.file is None:
+            size = len(resp.body)
+        elif resp.file_range is not None:
+            start, last = resp.file_range
+            size = last - start + 1
+        else:
+            size = resp.file.stat().st_size
         self.send_response(resp.status)
         self.send_header("Content-Type", resp.content_type)
         self.send_header("Content-Length", str(size))
@@ -123,14 +135,21 @@ class BrazeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        left = size if resp.truncate_at is None else min(size, resp.truncate_at)
         try:
             if resp.file is None:
-                self.wfile.write(resp.body)
+                self.wfile.write(resp.body[:left])
             else:
                 with open(resp.file, "rb") as f:
-                    while chunk := f.read(STREAM_CHUNK):
+                    f.seek(start)
+                    while left > 0 and (chunk := f.read(min(STREAM_CHUNK, left))):
                         self.wfile.write(chunk)
-        except (BrokenPipeError, ConnectionResetError):
+                        left -= len(chunk)
+            if resp.truncate_at is not None:
+                self.close_connection = True  # not announced: the transfer just stops
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)  # the client sees EOF before Content-Length
+        except OSError:  # the client went away (broken pipe, reset, not connected)
             self.close_connection = True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

@@ -2,8 +2,9 @@
 
 Endpoints:
 
-* ``POST /users/export/segment`` and ``GET|HEAD /exports/<token>.zip|.gz`` (the download links)
-  -- :mod:`sandbox.braze_exports`; rate limit of 250,000 requests per sliding hour.
+* ``POST /users/export/segment`` and ``GET /exports/<token>.zip|.gz?X-Amz-...`` (the pre-signed
+  download links, or, with ``bucket=S3Target(...)``, objects PUT into an S3 bucket) --
+  :mod:`sandbox.braze_exports`; rate limit of 250,000 requests per sliding hour.
 * ``POST /users/track`` -- :mod:`sandbox.braze_track` (validation, partial success), profile
   state in :class:`sandbox.braze_profiles.ProfileStore` (``BrazeSandbox.profiles``); its own
   sliding-window rate limit (3,000 requests / 3 s) and optional seeded fault injection
@@ -12,15 +13,16 @@ Endpoints:
 * ``GET /_sandbox/profiles?attr=lytics_segments[&by=external_id]`` and ``GET /_sandbox/stats``
   -- **sandbox-only** read-back endpoints (Bearer auth; Braze has nothing like them).
 
-Every response has a JSON body (except a successful download and a "reset" fault) and
+Braze's responses have a JSON body (except "reset" and "html" faults) and
 ``X-RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` headers (:mod:`sandbox.rate_window`): those
 of ``/users/track``'s limit on ``/users/track`` and ``/_sandbox/*``, those of the export
 endpoint's limit everywhere else. A ``429`` from a limiter carries ``Retry-After`` and applies
-nothing. Only authenticated requests count against a limit; injected faults do not count.
+nothing. Only authenticated requests count against a limit; injected faults do not count. The
+download links are S3's, not Braze's: S3 headers and XML errors, no rate-limit headers.
 
-This module holds :class:`BrazeSandbox` (auth, routing, faults, test knobs) and the CLI; the HTTP
-plumbing is in :mod:`sandbox.braze_http`. Standard library + orjson only; imports nothing from
-``include/`` or ``plugins/``.
+This module holds :class:`BrazeSandbox` (auth, routing, faults, test knobs); the CLI is
+:mod:`sandbox.braze_cli`, the HTTP plumbing :mod:`sandbox.braze_http`. Standard library + orjson
+(+ boto3 for bucket mode, when importable); imports nothing from ``include/`` or ``plugins/``.
 
 Run in the foreground::
 
@@ -29,20 +31,25 @@ Run in the foreground::
 
 from __future__ import annotations
 
-import argparse
-import gc
-import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable
+from datetime import date
 from pathlib import Path
 
 from sandbox.background_server import BackgroundHttpServer
-from sandbox.braze_exports import DOWNLOAD_RE, EXPORT_PATH, RATE_LIMIT, SegmentExports
+from sandbox.braze_bucket import S3Target
+from sandbox.braze_exports import (
+    DOWNLOAD_RE,
+    EXPORT_PATH,
+    RATE_LIMIT,
+    USERS_PER_FILE,
+    ExportInfo,
+    SegmentExports,
+)
 from sandbox.braze_faults import FAULT_KINDS, FaultInjector, check_fault
 from sandbox.braze_http import MAX_BODY, BrazeHandler, BrazeHttpServer, Response, json_response
 from sandbox.braze_track import (
@@ -55,7 +62,7 @@ from sandbox.braze_track import (
 )
 from sandbox.braze_users import SegmentSpec
 
-__all__ = ["BrazeSandbox", "SegmentSpec", "main"]
+__all__ = ["BrazeSandbox", "ExportInfo", "S3Target", "SegmentSpec", "main"]
 
 SANDBOX_PROFILES_PATH = "/_sandbox/profiles"  # sandbox-only read-back, not a Braze endpoint
 SANDBOX_STATS_PATH = "/_sandbox/stats"  # sandbox-only, not a Braze endpoint
@@ -64,7 +71,20 @@ SANDBOX_STATS_PATH = "/_sandbox/stats"  # sandbox-only, not a Braze endpoint
 class BrazeSandbox(BackgroundHttpServer):
     """Fake Braze REST API (segment export + users/track) on loopback.
 
-    Use as a context manager or start()/stop(). ``/users/track`` options (keyword-only):
+    Use as a context manager or start()/stop(). Export options (keyword-only; see
+    :mod:`sandbox.braze_exports`):
+
+    * ``export_delay`` (2.0 s) -- POST until the link answers / the bucket writing starts.
+    * ``users_per_file`` (5,000) -- users per export file (zip member, gzip member, bucket object).
+    * ``link_ttl`` (3,600 s) -- the link expires this long after the POST (403 "Request has expired").
+    * ``not_ready_status`` (404) -- a link not ready yet answers 404 NoSuchKey, or (403) 403
+      AccessDenied, as S3 does when the signer may not list the bucket.
+    * ``bucket`` (None) -- an :class:`S3Target`: export into that bucket instead of by link.
+    * ``bucket_object_interval`` (0.0 s) -- pause between two bucket objects.
+    * ``finished_day`` (UTC today) -- a function giving the day the export finished (the
+      ``YYYY-MM-DD`` directory of the bucket keys and zip members).
+
+    ``/users/track`` options (keyword-only):
 
     * ``max_objects`` -- objects allowed per request across the three arrays (75; 50 for a
       "Monthly Active Users CY 24-25" workspace). More -> 400, none -> 400.
@@ -109,6 +129,12 @@ class BrazeSandbox(BackgroundHttpServer):
         fault_seed: int = 0,
         fault_sleep: float = 2.0,
         fault_kinds: Iterable[int | str] = FAULT_KINDS,
+        users_per_file: int = USERS_PER_FILE,
+        link_ttl: float = 3600.0,
+        not_ready_status: int = 404,
+        bucket: S3Target | None = None,
+        bucket_object_interval: float = 0.0,
+        finished_day: Callable[[], date] | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
@@ -119,7 +145,18 @@ class BrazeSandbox(BackgroundHttpServer):
         self._given_data_dir = Path(data_dir) if data_dir is not None else None
         self._lock = threading.Lock()  # one lock for the sandbox's state, shared by its parts
         self._requests: list[tuple[str, str, int]] = []
-        self.exports = SegmentExports(self._lock, lambda: self.url, export_delay, rate_limit)
+        self.exports = SegmentExports(
+            self._lock,
+            lambda: self.url,
+            export_delay,
+            rate_limit,
+            users_per_file=users_per_file,
+            link_ttl=link_ttl,
+            not_ready_status=not_ready_status,
+            bucket=bucket,
+            bucket_object_interval=bucket_object_interval,
+            finished_day=finished_day,
+        )
         if max_objects < 1:
             raise ValueError("max_objects must be >= 1")
         if not 0.0 <= track_faults <= 1.0:
@@ -143,6 +180,7 @@ class BrazeSandbox(BackgroundHttpServer):
 
     # ------------------------------------------------------------------ lifecycle
     def _before_start(self) -> None:
+        self.exports.start_background()
         if self._given_data_dir is None:
             self.exports.data_dir = Path(tempfile.mkdtemp(prefix="braze-sandbox-"))
         else:
@@ -150,6 +188,7 @@ class BrazeSandbox(BackgroundHttpServer):
             self.exports.data_dir.mkdir(parents=True, exist_ok=True)
 
     def _after_stop(self) -> None:
+        self.exports.stop_background()
         if self._given_data_dir is None and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -176,15 +215,32 @@ class BrazeSandbox(BackgroundHttpServer):
         """How many export files were written (each export at most once)."""
         return self.exports.files_generated
 
-    def fail_next(self, n: int, status: int | str = 500) -> None:
-        """The next ``n`` requests, to any endpoint, answer ``status`` (429/503 carry Retry-After: 1).
+    def fail_next(self, n: int, status: int | str = 500, path: str | None = None) -> None:
+        """The next ``n`` requests (to ``path`` only, if given) answer ``status`` (429/503 carry
+        Retry-After: 1; on a download link, in S3's XML).
 
-        ``status`` may also be ``"timeout"`` (sleep ``fault_sleep`` seconds, then 500) or
-        ``"reset"`` (close the connection without a response). Nothing is applied.
+        ``status`` may also be ``"timeout"`` (sleep ``fault_sleep`` seconds, then 500), ``"reset"``
+        (close the connection without a response) or ``"html"`` (200 with an HTML page, e.g.
+        ``fail_next(1, "html", path="/users/export/segment")``). Nothing is applied.
         """
         status = check_fault(status)
         with self._lock:
-            self.faults.arm(n, status)
+            self.faults.arm(n, status, path)
+
+    def fail_downloads(self, n: int, kind: str, object_prefix: str | None = None) -> None:
+        """Spoil the next ``n`` full GETs of ready export files (of ``object_prefix``'s export
+        only, if given): ``"empty"``, ``"truncated"`` or ``"html"`` (see
+        :mod:`sandbox.braze_faults`). Range requests are not affected and use none up."""
+        with self._lock:
+            self.exports.download_faults.arm(n, kind, object_prefix)
+
+    def export_info(self, object_prefix: str) -> ExportInfo:
+        """What the export with this ``object_prefix`` did so far (day, bucket keys, callback)."""
+        return self.exports.info(object_prefix)
+
+    def wait_export(self, object_prefix: str, timeout: float = 30.0) -> ExportInfo:
+        """Wait until the export finished (bucket: all objects written, callback sent)."""
+        return self.exports.wait(object_prefix, timeout)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -214,11 +270,14 @@ class BrazeSandbox(BackgroundHttpServer):
         with self._lock:
             if track:
                 self.track.stats["requests"] += 1
-            fault = self.faults.draw(track)
+            fault = self.faults.draw(track, path)
             if fault is not None and track:
                 self.track.stats["faults_injected"] += 1
+        download = DOWNLOAD_RE.match(path)
         if fault is not None:
-            return self.faults.respond(fault, limiter)
+            return self.faults.respond(fault, None if download else limiter, s3=bool(download))
+        if download:  # S3's answer: no Braze rate-limit headers
+            return self.exports.download(method, download.group(1), download.group(2), query, headers)
 
         if track:
             return self.track.handle(self._authorized(headers), headers, body)
@@ -245,11 +304,6 @@ class BrazeSandbox(BackgroundHttpServer):
                 resp = json_response(405, {"message": "Method not allowed"}, Allow="POST")
             else:
                 return self.exports.request(self._authorized(headers), headers, body)  # own headers
-        elif m := DOWNLOAD_RE.match(path):
-            if method not in ("GET", "HEAD"):
-                resp = json_response(405, {"message": "Method not allowed"}, Allow="GET, HEAD")
-            else:
-                resp = self.exports.download(m.group(1), m.group(2))
         else:
             resp = json_response(404, {"message": "Not found"})
         resp.headers.update(self.exports.limiter.peek())
@@ -263,103 +317,11 @@ class BrazeSandbox(BackgroundHttpServer):
         )
 
 
-# ---------------------------------------------------------------------- CLI
-def _parse_segment(text: str) -> SegmentSpec:
-    """``ID:SIZE[:key=value,key=value...]``, e.g. ``seg_demo:50000:malformed_every=1000,seed=7``."""
-    parts = text.split(":", 2)
-    if len(parts) < 2:
-        raise argparse.ArgumentTypeError(f"expected ID:SIZE[:key=value,...], got {text!r}")
-    kwargs: dict = {}
-    if len(parts) == 3 and parts[2]:
-        for item in parts[2].split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-            if key == "name":
-                kwargs[key] = value
-            elif key == "missing_email_share":
-                kwargs[key] = float(value)
-            elif key in ("seed", "missing_id_every", "malformed_every", "duplicate_every"):
-                kwargs[key] = int(value)
-            else:
-                raise argparse.ArgumentTypeError(f"unknown segment option {key!r}")
-    try:
-        return SegmentSpec(parts[0], int(parts[1]), **kwargs)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sandbox.braze_server", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8181)
-    ap.add_argument(
-        "--api-key", default=os.environ.get("BRAZE_SANDBOX_API_KEY"), help="default: $BRAZE_SANDBOX_API_KEY"
-    )
-    ap.add_argument(
-        "--segment",
-        action="append",
-        type=_parse_segment,
-        default=[],
-        metavar="ID:SIZE[:k=v,...]",
-        help="repeatable; options: name, seed, missing_email_share, missing_id_every, malformed_every, "
-        "duplicate_every",
-    )
-    ap.add_argument("--delay", type=float, default=2.0, help="seconds until an export is downloadable")
-    ap.add_argument("--data-dir", type=Path, default=None, help="where export files go (default: temp dir)")
-    ap.add_argument("--rate-limit", type=int, default=RATE_LIMIT, help="export requests per hour")
-    ap.add_argument(
-        "--max-objects", type=int, default=MAX_TRACK_OBJECTS, help="/users/track objects per request"
-    )
-    ap.add_argument(
-        "--track-rate-limit", type=int, default=TRACK_RATE_LIMIT, help="/users/track requests per window"
-    )
-    ap.add_argument(
-        "--track-rate-window", type=float, default=TRACK_RATE_WINDOW, help="/users/track window (seconds)"
-    )
-    ap.add_argument("--track-faults", type=float, default=0.0, help="share of /users/track requests faulted")
-    ap.add_argument("--fault-seed", type=int, default=0)
-    ap.add_argument("--fault-sleep", type=float, default=2.0, help="seconds a 'timeout' fault stalls")
-    ap.add_argument("-q", "--quiet", action="store_true", help="do not log requests")
-    args = ap.parse_args(argv)
-    if not args.api_key:
-        ap.error("--api-key (or $BRAZE_SANDBOX_API_KEY) is required")
+    """The CLI (:mod:`sandbox.braze_cli`): ``python -m sandbox.braze_server --help``."""
+    from sandbox.braze_cli import main as cli_main
 
-    sandbox = BrazeSandbox(
-        args.api_key,
-        args.segment,
-        export_delay=args.delay,
-        data_dir=args.data_dir,
-        host=args.host,
-        port=args.port,
-        rate_limit=args.rate_limit,
-        verbose=not args.quiet,
-        max_objects=args.max_objects,
-        track_rate_limit=args.track_rate_limit,
-        track_rate_window=args.track_rate_window,
-        track_faults=args.track_faults,
-        fault_seed=args.fault_seed,
-        fault_sleep=args.fault_sleep,
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    sandbox.start()
-    # Braze does not pause; a Python sandbox holding hundreds of thousands of profiles does
-    # (full GCs of ~100 ms), and requests that pile up behind a pause arrive bunched, which the
-    # strict limiter then counts as an overshoot the client never made. In a process of its
-    # own, collect young objects only (bench/run_l2b_delivery.py measured 10 full GCs -> 0).
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        print(f"Braze sandbox listening on {sandbox.url}", flush=True)
-        for spec in args.segment:
-            print(f"  segment {spec.segment_id}: {spec.size} users", flush=True)
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

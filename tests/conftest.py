@@ -80,3 +80,37 @@ def sftp_upload_dir(sshd: OpenSshServer) -> OpenSshServer:
     """The session's sshd with ``<chroot>/upload`` and ``<chroot>/inbound`` emptied before the test."""
     sshd.empty_shared_dirs()
     return sshd
+
+
+# ==================================================================================================
+# S3 API server (tests/s3_server.py): moto's server mode on a loopback port, over real HTTP.
+# ==================================================================================================
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A started :class:`tests.s3_server.S3Server` shared by the whole session.
+
+    Without moto[server] installed: skipped locally, but a failure under CI (``$CI`` set).
+    """
+    from tests.s3_server import S3Server, S3Unavailable, check_available
+
+    try:
+        check_available()
+    except S3Unavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but the S3 tests cannot run: {e}", pytrace=False)
+        pytest.skip(str(e))
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the session's S3 server: a :class:`tests.s3_server.S3Bucket` with
+    ``endpoint_url``, ``name`` (also ``bucket``), ``access_key``, ``secret_key``, ``region``, plus
+    ``client()``, ``keys(prefix)`` and ``get(key)``."""
+    return s3_server.new_bucket()

@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import grp
 import json
@@ -43,6 +44,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +70,10 @@ _UNSET = object()
 
 class SshdUnavailable(RuntimeError):
     """This machine cannot run a test sshd (not root, or openssh-server not installed)."""
+
+
+class MountUnavailable(RuntimeError):
+    """This machine does not let us mount a tmpfs (e.g. a container without CAP_SYS_ADMIN)."""
 
 
 def check_available() -> None:
@@ -539,6 +545,74 @@ Match User {users}
                     shutil.rmtree(child)
                 else:
                     child.unlink()
+
+    @contextlib.contextmanager
+    def tmpfs_dir(
+        self, name: str, *, size: str = "2m", owner: str = PASSWORD_USER, read_only: bool = False
+    ) -> Iterator[Path]:
+        """A small tmpfs mounted at ``chroot/<name>`` (remote ``/<name>``), owned by ``owner``, mode 0755.
+
+        For real "disk full" (ENOSPC: write more than ``size``) and read-only filesystem (EROFS:
+        ``read_only=True``) tests. Unmounted (lazily if busy) and removed on exit. Raises
+        :class:`MountUnavailable` when mounting is not permitted here.
+        """
+        path = self.chroot / name
+        path.mkdir()
+        pw = pwd.getpwnam(owner)
+        options = f"size={size},mode=0755,uid={pw.pw_uid},gid={pw.pw_gid}" + (",ro" if read_only else "")
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            path.rmdir()
+            raise MountUnavailable(f"cannot mount a tmpfs at {path}: {(proc.stderr or proc.stdout).strip()}")
+        try:
+            yield path
+        finally:
+            if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+    @contextlib.contextmanager
+    def extra_dir(self, name: str, *, owner: str = "root", mode: int = 0o755) -> Iterator[Path]:
+        """A plain directory ``chroot/<name>`` (remote ``/<name>``) with this owner (group ``bltest``) and mode.
+
+        E.g. the default (root-owned 0755) is read-only for the test users; ``0o1777`` is a sticky
+        directory where they cannot replace files of other owners. Removed with its content on exit.
+        """
+        path = self.chroot / name
+        path.mkdir()
+        os.chown(path, pwd.getpwnam(owner).pw_uid, grp.getgrnam(GROUP).gr_gid)
+        os.chmod(path, mode)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def signal_sessions(
+        self, user: str = PASSWORD_USER, *, what: str = "internal-sftp", sig: int = signal.SIGKILL
+    ) -> list[int]:
+        """Send ``sig`` to this server's per-connection processes running as ``user`` whose command line has ``what``.
+
+        ``"internal-sftp"`` is the SFTP subsystem alone: killing it closes the channel while the SSH connection
+        stays up; ``"@notty"`` is the whole connection; ``"bltest_pw@"`` both. A client that next sends on the
+        closed channel gets paramiko's ``OSError("Socket is closed")``; one blocked reading gets ``EOFError`` /
+        ``SSHException``. Returns the pids signalled.
+        """
+        uid = pwd.getpwnam(user).pw_uid
+        hit = []
+        for pid, _depth in _process_tree(self.pid or -1):
+            try:
+                if os.stat(f"/proc/{pid}").st_uid != uid:
+                    continue
+                if what.encode() not in Path("/proc", str(pid), "cmdline").read_bytes():
+                    continue
+                os.kill(pid, sig)
+                hit.append(pid)
+            except (OSError, ProcessLookupError):
+                continue
+        return hit
 
     def conn_json(
         self,

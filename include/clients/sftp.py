@@ -8,6 +8,14 @@ lets Lytics (or anyone) verify the content.
 
 Host keys: an unknown or changed key is refused; only an explicit `no_host_key_check`
 accepts any key (and says so in the log).
+
+Failures are typed (`sftp_errors` says how each is recognised). Permanent: changed host key,
+refused login, no write permission or a read-only filesystem (`AuthError`, the latter two as
+`RemoteWriteDeniedError`), missing directory (`NotFoundError`), full disk or quota
+(`RemoteStorageFullError`). Transient: a broken connection or session (EOF, reset, timeout,
+"Socket is closed"), so `deliver()` starts over. A partial file is removed whenever the session
+still allows it, else by the next try or a last sweep. `check_target()` proves a target
+(login, directory, write/rename/delete) in seconds, before any expensive export.
 """
 
 from __future__ import annotations
@@ -23,15 +31,31 @@ import posixpath
 import secrets
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from include.common.errors import AuthError, ConfigError, NotFoundError, PermanentError, TransientError
+from include.clients.sftp_errors import (  # noqa: F401 (re-export)
+    RemoteStorageFullError,
+    RemoteWriteDeniedError,
+    classify,
+    remote_space,
+    session_broken,
+    typed_errors,
+)
+from include.common.errors import (
+    AuthError,
+    BrazeLyticsError,
+    ConfigError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
 from include.common.retry import RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+PROBE_PREFIX = ".braze-lytics-check."  # check_target's test files: PROBE_PREFIX + random + PARTIAL_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -169,12 +193,20 @@ def open_sftp(settings: SftpSettings) -> Iterator:
         raise TransientError(
             f"connection {settings.name!r}: cannot reach {settings.host}:{settings.port}: {exc}"
         ) from None
+    sftp = None
     try:
         sftp = client.open_sftp()
         sftp.get_channel().settimeout(max(settings.timeout, 60.0))
         yield sftp
-    except (TimeoutError, EOFError, paramiko.SSHException, ConnectionError) as exc:
-        raise TransientError(f"connection {settings.name!r}: SFTP session to {settings.host} broke: {exc!r}") from None
+    except BrazeLyticsError:
+        raise
+    except Exception as exc:
+        if not session_broken(exc, sftp):
+            raise
+        raise TransientError(
+            f"connection {settings.name!r}: {settings.host}:{settings.port}: the SFTP session broke ({exc!r}); "
+            f"a retry reconnects"
+        ) from None
     finally:
         client.close()
 
@@ -197,42 +229,71 @@ def _require_dir(sftp, remote_dir: str, settings: SftpSettings) -> None:
             f"fix remote_dir in the pipeline configuration or create the directory"
         ) from None
     except PermissionError:
-        raise AuthError(f"connection {settings.name!r}: no permission to read remote directory {remote_dir!r}") from None
+        raise AuthError(
+            f"connection {settings.name!r}: {settings.username} has no permission to read remote directory "
+            f"{remote_dir!r} on {settings.host}; fix its permissions or remote_dir"
+        ) from None
     if not stat.S_ISDIR(mode or 0):
-        raise PermanentError(f"connection {settings.name!r}: {remote_dir!r} exists but is not a directory")
+        raise PermanentError(
+            f"connection {settings.name!r}: {remote_dir!r} on {settings.host} exists but is not a directory; "
+            f"fix remote_dir in the pipeline configuration"
+        )
 
 
 def _remove_stale_partials(sftp, remote_dir: str, final_name: str) -> None:
     """Leftovers of an earlier attempt killed mid-upload (hidden names, never the final one)."""
     prefix = f".{final_name}."
-    for name in sftp.listdir(remote_dir):
+    try:
+        names = sftp.listdir(remote_dir)
+    except PermissionError:  # a write-only drop directory: nothing to clean that we could see
+        log.info("Cannot list %s, so partial uploads of earlier attempts are not looked for", remote_dir)
+        return
+    for name in names:
         if name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX):
             log.info("Removing a partial upload left by an earlier attempt: %s", name)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 sftp.remove(posixpath.join(remote_dir, name))
 
 
-def _put_atomic(sftp, fileobj, size: int, remote_path: str) -> None:
-    """Upload to a hidden temp name in the same directory, check the size, rename into place."""
+def _rename_over(sftp, tmp: str, remote_path: str) -> None:
+    try:
+        sftp.posix_rename(tmp, remote_path)  # atomic replace (OpenSSH extension)
+    except OSError as exc:
+        if "unsupported" not in str(exc).lower() and "not supported" not in str(exc).lower():
+            raise
+        # Servers without posix-rename: plain rename cannot replace, so remove first. The
+        # final name is briefly absent (never partial) - the best such servers allow.
+        log.warning("Server lacks posix-rename; replacing %s non-atomically", remote_path)
+        with contextlib.suppress(FileNotFoundError):
+            sftp.remove(remote_path)
+        sftp.rename(tmp, remote_path)
+
+
+def _put_atomic(sftp, fileobj, size: int, remote_path: str, settings: SftpSettings, *, note: str = "",
+                shown: str | None = None) -> None:
+    """Upload to a hidden temp name in the same directory, check the size, rename into place.
+
+    On failure the temp file is removed (unless the session is gone: the next try removes it)
+    before the typed error is raised; `shown` is the path named in messages (default remote_path).
+    """
     remote_dir, final_name = posixpath.split(remote_path)
     tmp = posixpath.join(remote_dir, f".{final_name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    step = "uploading"
     try:
         sftp.putfo(fileobj, tmp, file_size=size, confirm=True)  # confirm: stat and compare the size
-        try:
-            sftp.posix_rename(tmp, remote_path)  # atomic replace (OpenSSH extension)
-        except OSError as exc:
-            if "unsupported" not in str(exc).lower() and "not supported" not in str(exc).lower():
-                raise
-            # Servers without posix-rename: plain rename cannot replace, so remove first. The
-            # final name is briefly absent (never partial) - the best such servers allow.
-            log.warning("Server lacks posix-rename; replacing %s non-atomically", remote_path)
-            with contextlib.suppress(FileNotFoundError):
-                sftp.remove(remote_path)
-            sftp.rename(tmp, remote_path)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            sftp.remove(tmp)
-        raise
+        step = "renaming into place"
+        _rename_over(sftp, tmp, remote_path)
+    except BaseException as exc:
+        if not session_broken(exc, sftp):
+            with contextlib.suppress(Exception):
+                sftp.remove(tmp)
+        if not isinstance(exc, Exception):
+            raise
+        typed = classify(exc, sftp, settings, step=step, path=shown or remote_path, directory=remote_dir,
+                         nbytes=size if step == "uploading" else None, note=note)
+        if typed is exc:
+            raise
+        raise typed from None
 
 
 def upload_atomic(sftp, local_path: Path, remote_path: str, *, settings: SftpSettings, manifest: bool = True,
@@ -240,26 +301,43 @@ def upload_atomic(sftp, local_path: Path, remote_path: str, *, settings: SftpSet
     """Deliver `local_path` to `remote_path` atomically (plus `<name>.sha256` when `manifest`).
 
     `sha256` returns the file's digest (e.g. from a hash running in parallel); default: hash now.
+    Raises typed errors only for remote failures (see the module docstring); never leaves the
+    final name half-written, nor (while the session lives) a partial file.
     """
     remote_dir, final_name = posixpath.split(remote_path)
-    _require_dir(sftp, remote_dir, settings)
-    _remove_stale_partials(sftp, remote_dir, final_name)
     size = os.path.getsize(local_path)
-    if manifest:
-        # The old manifest must not vouch for the new file, even for a moment.
-        with contextlib.suppress(FileNotFoundError):
-            sftp.remove(remote_path + ".sha256")
+    with typed_errors(sftp, settings, "preparing to upload", remote_path):
+        _require_dir(sftp, remote_dir, settings)
+        _remove_stale_partials(sftp, remote_dir, final_name)
+        if manifest:
+            # The old manifest must not vouch for the new file, even for a moment.
+            with contextlib.suppress(FileNotFoundError):
+                sftp.remove(remote_path + ".sha256")
     with open(local_path, "rb") as fh:
-        _put_atomic(sftp, fh, size, remote_path)
+        _put_atomic(sftp, fh, size, remote_path, settings,
+                    note="Nothing was delivered: the final name was not touched.")
     digest = sha256() if sha256 else file_sha256(local_path)
     manifest_path = None
     if manifest:
         manifest_path = remote_path + ".sha256"
         body = f"{digest}  {final_name}\n".encode()
-        _remove_stale_partials(sftp, remote_dir, final_name + ".sha256")
-        _put_atomic(sftp, io.BytesIO(body), len(body), manifest_path)
+        with typed_errors(sftp, settings, "preparing to upload", manifest_path):
+            _remove_stale_partials(sftp, remote_dir, final_name + ".sha256")
+        _put_atomic(sftp, io.BytesIO(body), len(body), manifest_path, settings,
+                    note=f"{final_name} itself was delivered, but without its .sha256 manifest.")
     log.info("Delivered %s (%d bytes, sha256 %s) to %s:%s", final_name, size, digest, settings.host, remote_path)
     return Delivery(remote_path=remote_path, bytes=size, sha256=digest, manifest_path=manifest_path)
+
+
+def _sweep_partials(settings: SftpSettings, remote_path: str) -> None:
+    """Best effort after the last try broke mid-upload: remove the partial files it left."""
+    remote_dir, final_name = posixpath.split(remote_path)
+    try:
+        with open_sftp(replace(settings, timeout=min(settings.timeout, 10.0))) as sftp:
+            for name in (final_name, final_name + ".sha256"):
+                _remove_stale_partials(sftp, remote_dir, name)
+    except Exception as exc:
+        log.warning("Could not remove partial uploads of %s (the next delivery will): %r", remote_path, exc)
 
 
 def deliver(settings: SftpSettings, local_path: Path, remote_path: str, *, manifest: bool = True,
@@ -270,18 +348,45 @@ def deliver(settings: SftpSettings, local_path: Path, remote_path: str, *, manif
     hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")
     digest = hasher.submit(file_sha256, local_path)  # overlaps the SSH handshake and the upload
     hasher.shutdown(wait=False)
+    connected = False
 
     def attempt() -> Delivery:
+        nonlocal connected
         with open_sftp(settings) as sftp:
-            try:
-                return upload_atomic(sftp, local_path, remote_path, settings=settings, manifest=manifest,
-                                     sha256=digest.result)
-            except PermissionError as exc:
-                raise AuthError(
-                    f"connection {settings.name!r}: {settings.username} may not write to {remote_path!r} on "
-                    f"{settings.host} ({exc}); fix the directory's permissions or remote_dir"
-                ) from None
-            except (TimeoutError, EOFError, ConnectionError) as exc:
-                raise TransientError(f"connection {settings.name!r}: upload to {settings.host} broke: {exc!r}") from None
+            connected = True
+            return upload_atomic(sftp, local_path, remote_path, settings=settings, manifest=manifest,
+                                 sha256=digest.result)
 
-    return retry_call(attempt, policy or RetryPolicy(attempts=4, base_delay=2.0), what=f"delivering {remote_path}")
+    try:
+        return retry_call(attempt, policy or RetryPolicy(attempts=4, base_delay=2.0), what=f"delivering {remote_path}")
+    except TransientError:
+        if connected:
+            _sweep_partials(settings, remote_path)
+        raise
+
+
+def check_target(settings: SftpSettings, remote_dir: str, *, policy: RetryPolicy | None = None) -> None:
+    """Fail in seconds, before any expensive work, if a delivery into `remote_dir` could not succeed.
+
+    Connects (pinned host key, login), checks that `remote_dir` is a directory, writes a one-byte
+    hidden test file there as a delivery would (temp name, posix-rename to `PROBE_PREFIX<random>.partial`)
+    and removes it. Raises `deliver()`'s typed errors: `AuthError` (host key, login, or unwritable:
+    `RemoteWriteDeniedError`), `NotFoundError`, `PermanentError` (not a directory),
+    `RemoteStorageFullError` (not a byte fits), `TransientError` (unreachable after `policy`'s tries).
+    It cannot prove the file will fit: the free space the server reports is logged.
+    """
+
+    def attempt() -> None:
+        with open_sftp(settings) as sftp:
+            _require_dir(sftp, remote_dir, settings)
+            probe = posixpath.join(remote_dir, f"{PROBE_PREFIX}{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+            note = "(This was a test write before the export starts; nothing was delivered.)"
+            _put_atomic(sftp, io.BytesIO(b"\n"), 1, probe, settings, note=note, shown=remote_dir)
+            with typed_errors(sftp, settings, "removing a test file from", remote_dir, note=note, directory=remote_dir):
+                sftp.remove(probe)
+            space = remote_space(sftp, remote_dir)
+        free = f"{space.free:,} bytes free" if space else "free space not reported"
+        log.info("SFTP target %s@%s:%s%s is writable (%s)", settings.username, settings.host, settings.port,
+                 remote_dir, free)
+
+    retry_call(attempt, policy or RetryPolicy(attempts=3, base_delay=2.0), what=f"checking SFTP target {remote_dir}")

@@ -26,7 +26,11 @@ _DROP_PLACEHOLDERS = ("{segment_id}", "{name}", "{ds}", "{ds_nodash}")
 
 # Keys allowed in `defaults:` and, overriding them, in each segment (defaults: SegmentConfig's).
 _DEFAULTABLE = ("braze_conn_id", "sftp_conn_id", "source", "output_format", "remote_dir", "compression", "manifest",
-                "timestamp_column", "max_rejected_share", "export_timeout_minutes", "poll_interval_seconds")
+                "timestamp_column", "max_rejected_share", "export_timeout_minutes", "poll_interval_seconds",
+                "bucket_url", "bucket_conn_id", "bucket_quiet_minutes", "bucket_cleanup", "max_record_mib",
+                "max_inflate_ratio")
+BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "az")
+BUCKET_CLEANUPS = ("keep", "delete")
 _SEGMENT_ONLY = {"name", "segment_id", "columns", "fields_to_export", "id_field", "file_root", "pgp", "drop"}
 _PGP_KEYS = {"decrypt_conn_id", "encrypt_conn_id", "compress"}
 _DROP_KEYS = {"path", "pattern", "conn_id"}
@@ -74,6 +78,14 @@ class SegmentConfig:
     poll_interval_seconds: float = 60
     braze_conn_id: str = "braze_default"
     sftp_conn_id: str = "lytics_sftp"
+    # Bucket exports (the workspace has S3/GCS/Azure credentials in Braze): where Braze writes them.
+    bucket_url: str | None = None  # e.g. s3://acme-braze-exports; None = Braze answers with a link
+    bucket_conn_id: str = "aws_default"  # Airflow connection for that bucket (ObjectStoragePath)
+    bucket_quiet_minutes: float = 5  # complete when no object changed for this long
+    bucket_cleanup: str = "keep"  # keep | delete: what happens to the objects after delivery
+    # Limits that keep memory bounded for any input (a damaged or hostile export).
+    max_record_mib: float = 16  # a longer line/record is quarantined, not read into memory
+    max_inflate_ratio: float = 200  # a zip/gzip that inflates more than this is refused
     pgp: PgpOptions = field(default_factory=PgpOptions)
 
     def remote_name(self, ds_nodash: str) -> str:
@@ -191,9 +203,20 @@ def _parse_segment(entry: Any, defaults: dict[str, Any], where: str, errors: lis
     for key in ("braze_conn_id", "sftp_conn_id", "timestamp_column"):
         if not isinstance(opts[key], str) or not opts[key]:
             errors.append(f"{where}.{key}: must be a non-empty string")
-    for key in ("export_timeout_minutes", "poll_interval_seconds"):
+    for key in ("export_timeout_minutes", "poll_interval_seconds", "bucket_quiet_minutes", "max_record_mib",
+                "max_inflate_ratio"):
         if not isinstance(opts[key], int | float) or isinstance(opts[key], bool) or opts[key] <= 0:
             errors.append(f"{where}.{key}: must be a positive number, got {opts[key]!r}")
+    if opts["bucket_cleanup"] not in BUCKET_CLEANUPS:
+        errors.append(f"{where}.bucket_cleanup: {opts['bucket_cleanup']!r} is not one of {list(BUCKET_CLEANUPS)}")
+    bucket = opts["bucket_url"]
+    if bucket is not None and (not isinstance(bucket, str) or "://" not in bucket
+                               or bucket.split("://", 1)[0] not in BUCKET_SCHEMES or not bucket.split("://", 1)[1].strip("/")
+                               or "@" in bucket or ".." in bucket.split("/")):
+        errors.append(f"{where}.bucket_url: must be the bucket Braze exports to, like s3://my-bucket "
+                      f"(schemes {list(BUCKET_SCHEMES)}; the connection goes in bucket_conn_id), got {bucket!r}")
+    if not isinstance(opts["bucket_conn_id"], str) or not opts["bucket_conn_id"]:
+        errors.append(f"{where}.bucket_conn_id: must be a non-empty string")
     share = opts["max_rejected_share"]
     if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
         errors.append(f"{where}.max_rejected_share: must be a number between 0 and 1, got {share!r}")

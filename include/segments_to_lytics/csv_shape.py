@@ -15,19 +15,19 @@ exact comparison only for the few rows whose hashes collide.
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 import shutil
-from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from zlib import adler32, crc32
 
 import orjson
 
 from include.common.errors import ConfigError
+from include.segments_to_lytics.duplicate_ids import PartRows, find_duplicates, id_digest, join_parts
 from include.segments_to_lytics.export_files import detect_kind, iter_records, member_groups
 
 QUARANTINE_HEADER = ["source", "line", "reason", "record"]
@@ -145,11 +145,13 @@ class CsvShaper:
         return f"{self.id_field} is not a string ({type(value).__name__})"
 
     def _rows(self, records: Iterable[tuple], quarantine: _QuarantineRows,
-              stats: ShapeStats) -> Iterator[tuple[str, str]]:
-        """(CSV line, id cell) of each valid record; everything else goes to quarantine with its reason.
+              stats: ShapeStats) -> Iterator[tuple[tuple[str, str], str, int]]:
+        """((CSV line, id cell), source, line) of each valid record; everything else goes to
+        quarantine with its reason.
 
         `records` are `(source, line_no, payload)`: payload is an NDJSON line (bytes), a CSV
-        row (dict), or, for a CSV row with the wrong field count, its raw text (str).
+        row (dict), for a CSV row with the wrong field count its raw text (str), or a record the
+        reader refused (too long, ...) with its reason and a short excerpt.
         This is the hot loop, so it is written flat, with locals instead of attributes.
         """
         loads, decode_error, make_row = orjson.loads, orjson.JSONDecodeError, self._row
@@ -170,8 +172,11 @@ class CsvShaper:
                         continue
                 elif type(payload) is dict:
                     obj = payload
-                else:
+                elif type(payload) is str:
                     quarantine.add(source, line_no, "wrong number of fields for the header", payload, stats)
+                    continue
+                else:  # the reader's RejectedRecord: refused before parsing (e.g. longer than the limit)
+                    quarantine.add(source, line_no, payload.reason, payload.excerpt, stats)
                     continue
                 value = obj.get(id_key) if id_key is not None else _lookup(obj, id_path)
                 if type(value) is not str or not value or value.isspace():
@@ -180,7 +185,7 @@ class CsvShaper:
                         raw = _text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
                         quarantine.add(source, line_no, problem, raw, stats)
                         continue
-                yield make_row(obj)
+                yield make_row(obj), source, line_no
         finally:
             stats.rows_read += read
 
@@ -190,116 +195,129 @@ class CsvShaper:
         # Worker processes rebuild the shaper: its generated row function does not pickle.
         return (_rebuild_shaper, (self._init_args,))
 
-    def write_part(self, records: Iterable[tuple], rows_path: Path, rejects_path: Path,
-                   *, header: bool = False) -> tuple[ShapeStats, bytes]:
-        """Write rows (after the header if asked) and rejected rows; return counts and id hashes."""
+    def write_part(self, records: Iterable[tuple], rows_path: Path, rejects_path: Path) -> tuple[ShapeStats, PartRows]:
+        """Write the rows of valid records (no header) and the rejected ones; return counts and,
+        per row, what `duplicate_ids` needs (id digest, byte length, source line)."""
         stats = ShapeStats()
-        ids = array("Q")  # digest of each written row's id, in row order: 8 bytes a row
-        digest = id_digest
-        with _QuarantineRows(rejects_path) as quarantine, open(rows_path, "w", encoding="utf-8", newline="") as fh:
-            if header:
-                fh.write(",".join([_quote(h) for h in self.header]) + "\r\n")
-            batch: list[str] = []
-            for line, key in self._rows(records, quarantine, stats):
-                ids.append(digest(key))
-                batch.append(line)
+        part = PartRows(rows_path)
+        digest, add_digest, add_length, add_line = id_digest, part.digests.append, part.lengths.append, part.lines.append
+        last_source = None
+        n = 0
+        with _QuarantineRows(rejects_path) as quarantine, open(rows_path, "wb") as fh:
+            batch: list[bytes] = []
+            for (line, key), source, line_no in self._rows(records, quarantine, stats):
+                data = line.encode()
+                add_digest(digest(key))
+                add_length(len(data) + 2)
+                add_line(line_no)
+                if source != last_source:
+                    part.sources.append((n, source))
+                    last_source = source
+                n += 1
+                batch.append(data)
                 if len(batch) >= _BATCH:
-                    batch.append("")
-                    fh.write("\r\n".join(batch))
+                    batch.append(b"")
+                    fh.write(b"\r\n".join(batch))
                     batch.clear()
             if batch:
-                batch.append("")
-                fh.write("\r\n".join(batch))
-        stats.rows_written = len(ids)
-        return stats, ids.tobytes()
-
-    def drop_duplicates(self, out_csv: Path, ids: array, duplicate_hashes: set[int], rejects, stats: ShapeStats) -> None:
-        """Second pass, only when some id hashes repeat: keep each id's first row."""
-        tmp = out_csv.with_name(out_csv.name + ".dedup")
-        seen: dict[str, int] = {}
-        kept = 0
-        with open(out_csv, encoding="utf-8", newline="") as src, open(tmp, "w", encoding="utf-8", newline="") as dst:
-            reader = csv.reader(src)
-            writer = csv.writer(dst, lineterminator="\r\n")
-            writer.writerow(next(reader))
-            for n, row in enumerate(reader):
-                if ids[n] in duplicate_hashes:
-                    key = row[self.id_index]
-                    first = seen.setdefault(key, n)
-                    if first != n:  # equal hashes of different ids (a collision) are both kept
-                        stats.rows_duplicate += 1
-                        stats.reasons["duplicate id"] += 1
-                        record = orjson.dumps(dict(zip(self.header, row, strict=True))).decode()
-                        rejects.writerow([out_csv.name, n + 2, f"duplicate {self.id_field} {key!r}: first "
-                                          f"occurrence (output row {first + 1}) kept", record])
-                        continue
-                writer.writerow(row)
-                kept += 1
-        os.replace(tmp, out_csv)
-        stats.rows_written = kept
+                batch.append(b"")
+                fh.write(b"\r\n".join(batch))
+        stats.rows_written = n
+        return stats, part
 
 
 def _rebuild_shaper(args: dict) -> CsvShaper:
     return CsvShaper(**args)
 
 
-def _shape_part(shaper: CsvShaper, export: Path, kind: str, members: list[str] | None,
-                rows_path: Path, rejects_path: Path, header: bool) -> tuple[ShapeStats, bytes]:
-    return shaper.write_part(iter_records(export, kind, members), rows_path, rejects_path, header=header)
+Unit = tuple[Path, "list[str] | None"]  # an export file and the zip members to read (None: all of it)
 
 
-def shape_export(export: Path, shaper: CsvShaper, out_csv: Path, quarantine_path: Path, *,
-                 kind: str | None = None, workers: int = 1) -> ShapeStats:
-    """Shape a whole export file into `out_csv` (plain RFC 4180 CSV with header).
+def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: dict,
+                rows_path: Path, rejects_path: Path) -> tuple[ShapeStats, PartRows]:
+    records = itertools.chain.from_iterable(iter_records(path, kind, members, **read_options)
+                                            for path, members in units)
+    return shaper.write_part(records, rows_path, rejects_path)
 
-    With `workers` > 1 and a zip of several files, contiguous runs of files are shaped in
-    parallel processes and joined in export order, so the output is byte-identical to a
-    single-process run. The quarantine file is replaced on every run (same logical date,
-    same result) and removed when nothing was quarantined.
+
+def _work_groups(exports: list[Path], workers: int) -> list[list[Unit]]:
+    """Contiguous runs of the exports' data files, in export order, one run per worker."""
+    units: list[Unit] = [(path, members) for path in exports for members in member_groups(path, 1 << 30)]
+    parts = max(1, min(workers, len(units)))
+    size, extra = divmod(len(units), parts)
+    groups, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        groups.append(units[start:end])
+        start = end
+    return groups
+
+
+def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, quarantine_path: Path, *,
+                 kind: str | None = None, workers: int = 1, read_options: dict | None = None) -> ShapeStats:
+    """Shape a whole export (one file, or the files of a bucket export in export order) into
+    `out_csv` (plain RFC 4180 CSV with header).
+
+    With `workers` > 1 and several data files (zip members, bucket objects), contiguous runs of
+    files in export order are shaped in parallel processes and joined in order, so the output is
+    byte-identical to a single-process run. Duplicate ids keep their first occurrence in export
+    order, found without a second pass (`duplicate_ids`). `read_options` go to
+    `export_files.iter_records` (record and inflate limits, required CSV fields). The quarantine
+    file is replaced on every run (same logical date, same result) and removed when nothing was
+    quarantined.
     """
-    kind = kind or detect_kind(export)
-    groups = member_groups(export, workers)
-    # The first part is written straight into out_csv (after the header); the others are appended.
-    parts = [(out_csv if i == 0 else out_csv.with_name(f"{out_csv.name}.{i}.rows"),
-              out_csv.with_name(f"{out_csv.name}.{i}.rejects"), i == 0) for i in range(len(groups))]
+    exports = [export] if isinstance(export, Path) else list(export)
+    kind = kind or detect_kind(exports[0])
+    read_options = read_options or {}
+    groups = _work_groups(exports, workers)
+    paths = [(out_csv.with_name(f"{out_csv.name}.{i}.rows"), out_csv.with_name(f"{out_csv.name}.{i}.rejects"))
+             for i in range(len(groups))]
     q_tmp = quarantine_path.with_name(quarantine_path.name + ".part")
     try:
         if len(groups) == 1:
-            results = [_shape_part(shaper, export, kind, groups[0], *parts[0])]
+            results = [_shape_part(shaper, kind, groups[0], read_options, *paths[0])]
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             # fork: workers start in milliseconds and inherit the imported modules.
             with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_shape_part, shaper, export, kind, g, *p)
-                           for g, p in zip(groups, parts, strict=True)]
+                futures = [pool.submit(_shape_part, shaper, kind, g, read_options, *p)
+                           for g, p in zip(groups, paths, strict=True)]
                 _import_numpy_meanwhile()  # needed for the duplicate check; the parent is idle now
                 results = [f.result() for f in futures]
         stats = ShapeStats()
-        ids = array("Q")
-        for part_stats, part_ids in results:
+        for part_stats, _ in results:
             stats.rows_read += part_stats.rows_read
             stats.rows_written += part_stats.rows_written
             stats.rows_rejected += part_stats.rows_rejected
             stats.reasons.update(part_stats.reasons)
-            ids.frombytes(part_ids)
-        _append(out_csv, [p[0] for p in parts[1:]])
+        parts = [part for _, part in results]
+        drops = find_duplicates(parts, shaper.id_index)
+        join_parts(out_csv, (",".join(_quote(h) for h in shaper.header) + "\r\n").encode(), parts, drops)
+        stats.rows_written -= len(drops)
+        stats.rows_duplicate = len(drops)
+        if drops:
+            stats.reasons["duplicate id"] += len(drops)
         quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-        _join(q_tmp, QUARANTINE_HEADER, [p[1] for p in parts])
-        duplicate_hashes = _repeated(ids)
-        if duplicate_hashes:
+        _join(q_tmp, QUARANTINE_HEADER, [p[1] for p in paths])
+        if drops:
             with open(q_tmp, "a", encoding="utf-8", newline="") as qfh:
-                shaper.drop_duplicates(out_csv, ids, duplicate_hashes, csv.writer(qfh, lineterminator="\r\n"), stats)
+                writer = csv.writer(qfh, lineterminator="\r\n")
+                for d in drops:
+                    part = parts[d.part]
+                    record = orjson.dumps(dict(zip(shaper.header, d.record, strict=True))).decode()
+                    writer.writerow([part.source_of(d.row), part.lines[d.row],
+                                     f"duplicate {shaper.id_field} {d.key!r}: the first occurrence ({d.first_source} "
+                                     f"line {d.first_line}, output row {d.first_output_row}) is kept", record])
         if stats.rows_quarantined:
             os.replace(q_tmp, quarantine_path)
         else:
             quarantine_path.unlink(missing_ok=True)  # a re-run that rejects nothing leaves no stale file
         return stats
     finally:
-        for rows_path, _rejects, _header in parts[1:]:
+        for rows_path, rejects_path in paths:
             rows_path.unlink(missing_ok=True)
-        for _rows, rejects_path, _header in parts:
             rejects_path.unlink(missing_ok=True)
         q_tmp.unlink(missing_ok=True)
 
@@ -308,11 +326,6 @@ def _join(dest: Path, header: list[str], part_paths: list[Path]) -> None:
     """The header row, then each part's bytes in order."""
     with open(dest, "wb") as out:
         out.write(",".join(_quote(h) for h in header).encode() + b"\r\n")
-    _append(dest, part_paths)
-
-
-def _append(dest: Path, part_paths: list[Path]) -> None:
-    with open(dest, "ab") as out:
         for part in part_paths:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
@@ -336,26 +349,15 @@ def _quote(cell: str) -> str:
     return '"' + cell.replace('"', '""') + '"' if _NEEDS_QUOTES(cell) else cell
 
 
+_MAX_QUARANTINED_CHARS = 65_536  # a rejected record longer than this is kept as an excerpt
+
+
 def _text(line: bytes) -> str:
-    return line.decode("utf-8", "replace").rstrip("\r\n")
-
-
-def id_digest(key: str) -> int:
-    """A 64-bit digest of an id, the same in every process and every run (Python's `hash()` of a str
-    is salted per process, so worker processes could disagree). CRC-32 and Adler-32 side by side:
-    both C-speed; a rare equal digest of two different ids only costs an exact comparison."""
-    data = key.encode()
-    return (crc32(data) << 32) | adler32(data)
-
-
-def _repeated(hashes: array) -> set[int]:
-    """The hash values that occur more than once (numpy sort: fast, 8 bytes per row)."""
-    if len(hashes) < 2:
-        return set()
-    import numpy as np
-
-    arr = np.sort(np.frombuffer(hashes, dtype=np.uint64))
-    return set(np.unique(arr[1:][arr[1:] == arr[:-1]]).tolist())
+    """A rejected line as quarantine text: whole when it is of a sane size, else its beginning."""
+    text = line[:_MAX_QUARANTINED_CHARS * 4].decode("utf-8", "replace").rstrip("\r\n")
+    if len(text) > _MAX_QUARANTINED_CHARS:
+        return f"{text[:_MAX_QUARANTINED_CHARS]}... [truncated: {len(line):,} bytes]"
+    return text
 
 
 class _QuarantineRows:
@@ -370,8 +372,8 @@ class _QuarantineRows:
 
     def add(self, source: str, line: int, reason: str, record: str, stats: ShapeStats) -> None:
         self._writer.writerow([source, line, reason, record])
-        # Count by kind of reason, not by the varying detail after ':' (JSON error positions).
-        stats.reasons[reason.split(":", 1)[0]] += 1
+        # Count by kind of reason, not by the varying detail after ':' or ' (' (positions, sizes).
+        stats.reasons[reason.split(":", 1)[0].split(" (", 1)[0]] += 1
         stats.rows_rejected += 1
 
     def __exit__(self, *exc) -> None:

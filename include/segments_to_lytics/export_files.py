@@ -2,44 +2,88 @@
 
 Braze API exports are newline-delimited JSON, one user per line, usually ~5,000 users per
 file, delivered as a zip of files or as gzip (docs/vendor-contracts.md#braze-segment-exports);
-dashboard exports are a CSV, often zipped. Members are read in name order so the same file
-always yields the same record order. Nothing here holds more than one record in memory.
+dashboard exports are a CSV, often zipped. The reading contract:
+
+- **Records.** `iter_records` yields `(source, line_no, payload)`; `source` names the file (and
+  zip member), `line_no` is the line the record ends on. `payload` is `bytes` (an NDJSON line,
+  unparsed, so a malformed one can be quarantined as it was; blank lines are skipped), `dict`
+  (a CSV row keyed by the header), `str` (the raw text of a CSV row whose field count does not
+  match the header) or a `RejectedRecord` (a record the reader refused: quarantine it).
+- **Order.** Zip members are read in export order (`export_order`: `x-2.json` before
+  `x-10.json`), lines in file order; `member_groups` splits that order into contiguous runs, so
+  the same file always yields the same records in the same order.
+- **Limits.** Memory stays bounded whatever the input: a record (an NDJSON line, a CSV record)
+  longer than `max_record_bytes` (default 16 MiB) is read in bounded chunks up to its end and
+  yielded as a `RejectedRecord`, never held whole; decompression is incremental and capped at
+  `max_inflate_ratio` times the compressed size (export_streams.py).
+- **Errors.** All are `PermanentError`s (a retry reads the same bytes): `DamagedExportError`
+  (truncated, corrupt), `InflateRatioError` (decompression bomb), `ExportFormatError` (a zip
+  method we cannot read, an encrypted member, a zip without data files, binary data instead of
+  NDJSON, a CSV that is not UTF-8 or lacks `required_fields`), all `ExportFileError`s. Messages
+  name the file, member and line, say what to do, and quote at most a short excerpt of data.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import gzip
-import io
-import struct
-import zipfile
-import zlib
+import difflib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from include.common.errors import PermanentError
+from include.common.errors import ConfigError
+from include.segments_to_lytics.export_streams import (
+    DEFAULT_MAX_INFLATE_RATIO,
+    ZIP_MAGIC,
+    DamagedExportError,
+    ExportFileError,
+    ExportFormatError,
+    InflateRatioError,
+    data_members,
+    export_order,
+    is_junk,
+    is_zip,
+    member_streams,
+    open_zip,
+    sniff,
+)
 
-try:  # ISA-L inflates about twice as fast as zlib (bench/); the stdlib is the fallback
-    from isal import igzip as _gzip
-    from isal import isal_zlib as _zlib
-except ImportError:  # pragma: no cover - isal is pinned in requirements.txt
-    _gzip, _zlib = gzip, zlib
+__all__ = [
+    "DEFAULT_MAX_INFLATE_RATIO", "DEFAULT_MAX_RECORD_BYTES", "DamagedExportError", "ExportFileError",
+    "ExportFormatError", "InflateRatioError", "Record", "RejectedRecord", "detect_kind", "excerpt",
+    "export_order", "iter_csv_records", "iter_json_lines", "iter_records", "member_groups",
+]
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
-_GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_MAX_RECORD_BYTES = 16 << 20
+_EXCERPT_CHARS = 200
+_CHUNK = 1 << 20  # what an over-long record is skipped by
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    """A record the reader refused to hold or could not parse: quarantine it with `reason`."""
+
+    reason: str  # e.g. "record longer than 16 MiB (1,073,741,824 bytes)"
+    excerpt: str  # its first <= 200 characters, invalid UTF-8 replaced, control characters escaped
 
 
 # Records are plain tuples `(source, line_no, payload)`: millions of them pass through, and a
-# tuple costs a fraction of a dataclass instance. payload: bytes (an NDJSON line, unparsed so a
-# malformed one can be quarantined as it was), dict (a CSV row), or str (the raw text of a CSV
-# row whose field count does not match the header).
-Record = tuple[str, int, "bytes | dict[str, str] | str"]
+# tuple costs a fraction of a dataclass instance.
+Record = tuple[str, int, "bytes | dict[str, str] | str | RejectedRecord"]
 
 
-def _sniff(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(4)
+def excerpt(raw: bytes) -> str:
+    """The first <= 200 characters of `raw`, printable: safe to put in a quarantine file or a log."""
+    text = raw[:_EXCERPT_CHARS * 4].rstrip(b"\r\n").decode("utf-8", "replace")
+    return text[:_EXCERPT_CHARS].translate(_ESCAPES)[:_EXCERPT_CHARS]
+
+
+def _too_long(limit: int, size: int, start: bytes) -> RejectedRecord:
+    shown = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit:,} bytes"
+    return RejectedRecord(f"record longer than {shown} ({size:,} bytes)", excerpt(start))
 
 
 def _is_csv_name(name: str) -> bool:
@@ -51,10 +95,10 @@ def member_groups(path: Path, parts: int) -> list[list[str] | None]:
 
     Anything that is not a zip of several files is one group, `[None]` (= the whole file).
     """
-    if parts < 2 or _sniff(path) != _ZIP_MAGIC:
+    if parts < 2 or sniff(path) != ZIP_MAGIC:
         return [None]
-    with zipfile.ZipFile(path) as zf:
-        names = _data_members(zf)
+    with open_zip(path) as zf:
+        names = data_members(zf)
     if len(names) < 2:
         return [None]
     parts = min(parts, len(names))
@@ -67,138 +111,237 @@ def member_groups(path: Path, parts: int) -> list[list[str] | None]:
     return groups
 
 
-def _data_members(zf: zipfile.ZipFile) -> list[str]:
-    return sorted(i.filename for i in zf.infolist() if not i.is_dir() and not _is_junk(i.filename))
-
-
-def _member_streams(path: Path, members: list[str] | None = None) -> Iterator[tuple[str, io.BufferedIOBase]]:
-    """(name, binary stream) for each data file inside `path`, decompressing zip/gzip."""
-    magic = _sniff(path)
-    if magic in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
-        with zipfile.ZipFile(path) as zf:
-            names = _data_members(zf) if members is None else members
-            for name in names:
-                with _open_member(zf, path, name) as member:
-                    if name.lower().endswith(".gz"):
-                        with _gzip.GzipFile(fileobj=member) as gz:
-                            yield f"{path.name}!{name}", io.BufferedReader(gz, 1 << 20)
-                    else:
-                        yield f"{path.name}!{name}", io.BufferedReader(member, 1 << 20)
-    elif magic[:2] == _GZIP_MAGIC:
-        with _gzip.open(path, "rb") as gz:  # handles multi-member gzip (one member per Braze file)
-            yield path.name, io.BufferedReader(gz, 1 << 20)
-    else:
-        with open(path, "rb", buffering=1 << 20) as fh:
-            yield path.name, fh
-
-
-def _open_member(zf: zipfile.ZipFile, path: Path, name: str):
-    """A zip member's bytes; deflated members inflate with ISA-L when available (~2x zlib here)."""
-    info = zf.getinfo(name)
-    if _zlib is zlib or info.compress_type != zipfile.ZIP_DEFLATED or info.flag_bits & 0x1:
-        return zf.open(info)  # stdlib path: stored/encrypted/other methods, or no isal installed
-    return _InflatingReader(path, info)
-
-
-class _InflatingReader(io.RawIOBase):
-    """Streams one deflated zip member through a fast inflater, checking size and CRC-32 at the end."""
-
-    def __init__(self, path: Path, info: zipfile.ZipInfo):
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._fh.seek(info.header_offset)
-        local = self._fh.read(30)
-        if local[:4] != b"PK\x03\x04":
-            raise PermanentError(f"{path.name}!{info.filename}: damaged zip (bad local header); re-export the file")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        self._fh.seek(info.header_offset + 30 + name_len + extra_len)
-        self._left = info.compress_size
-        self._info, self._where = info, f"{path.name}!{info.filename}"
-        self._inflater = _zlib.decompressobj(-15)
-        self._out, self._pos, self._crc, self._size, self._done = b"", 0, 0, 0, False
-
-    def readable(self) -> bool:
-        return True
-
-    def _refill(self) -> None:
-        if self._left:
-            chunk = self._fh.read(min(1 << 20, self._left))
-            if not chunk:
-                raise PermanentError(f"{self._where}: the zip file is truncated; re-download it")
-            self._left -= len(chunk)
-            try:
-                self._out = self._inflater.decompress(chunk)
-            except _zlib.error as exc:
-                raise PermanentError(f"{self._where}: corrupt compressed data ({exc}); re-export the file") from None
-        else:
-            self._out, self._done = self._inflater.flush(), True
-        self._pos = 0
-        self._crc = _zlib.crc32(self._out, self._crc)
-        self._size += len(self._out)
-        if self._done and (self._size != self._info.file_size or self._crc != self._info.CRC):
-            raise PermanentError(f"{self._where}: size or CRC-32 does not match the zip directory; the file is corrupt")
-
-    def readinto(self, buffer) -> int:
-        while self._pos >= len(self._out):
-            if self._done:
-                return 0
-            self._refill()
-        n = min(len(buffer), len(self._out) - self._pos)
-        buffer[:n] = self._out[self._pos:self._pos + n]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
-def _is_junk(name: str) -> bool:
-    """macOS zip tools add __MACOSX/ and .DS_Store entries that are not data."""
-    base = name.rsplit("/", 1)[-1]
-    return name.startswith("__MACOSX/") or base.startswith(".")
-
-
 def detect_kind(path: Path) -> str:
     """'csv' when the file (or the zip's members) is a dashboard CSV, else 'ndjson'."""
-    if _sniff(path) in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
-        with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if not n.endswith("/") and not _is_junk(n)]
+    if is_zip(sniff(path)):
+        with open_zip(path) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/") and not is_junk(n)]
         return "csv" if names and all(_is_csv_name(n) for n in names) else "ndjson"
     return "csv" if _is_csv_name(path.name.removesuffix(".zip")) else "ndjson"
 
 
-def iter_records(path: Path, kind: str, members: list[str] | None = None) -> Iterator[Record]:
-    """The records of `path` (or of the given zip members), NDJSON or CSV per `kind`."""
-    return (iter_csv_records if kind == "csv" else iter_json_lines)(path, members)
+def iter_records(path: Path, kind: str, members: list[str] | None = None, *,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 max_inflate_ratio: float | None = DEFAULT_MAX_INFLATE_RATIO,
+                 required_fields: list[str] | None = None) -> Iterator[Record]:
+    """The records of `path` (or of the given zip members, read in export order), NDJSON or CSV per `kind`.
+
+    `max_record_bytes`: a longer record (without its line break) is yielded as a `RejectedRecord`.
+    `max_inflate_ratio`: how many times its compressed size a member may inflate to (None: no cap).
+    `required_fields` (CSV only; ignored for NDJSON, whose fields vary per record): header names
+    every CSV member must have, else `ExportFormatError` before its first row.
+    """
+    if kind == "csv":
+        return iter_csv_records(path, members, max_record_bytes=max_record_bytes,
+                                max_inflate_ratio=max_inflate_ratio, required_fields=required_fields)
+    return iter_json_lines(path, members, max_record_bytes=max_record_bytes,
+                           max_inflate_ratio=max_inflate_ratio)
 
 
-def iter_json_lines(path: Path, members: list[str] | None = None) -> Iterator[Record]:
-    """Every non-blank line of every NDJSON file inside `path`."""
-    for source, stream in _member_streams(path, members):
-        for line_no, line in enumerate(stream, 1):
-            if len(line) > 2 or line.strip():
+def _check_limits(max_record_bytes: int, max_inflate_ratio: float | None) -> None:
+    if type(max_record_bytes) is not int or max_record_bytes < 1:
+        raise ConfigError(f"max_record_bytes must be a positive number of bytes, got {max_record_bytes!r}")
+    if max_inflate_ratio is not None and not max_inflate_ratio >= 1:
+        raise ConfigError(f"max_inflate_ratio must be at least 1 (or None for no limit), "
+                          f"got {max_inflate_ratio!r}")
+
+
+def iter_json_lines(path: Path, members: list[str] | None = None, *,
+                    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                    max_inflate_ratio: float | None = DEFAULT_MAX_INFLATE_RATIO) -> Iterator[Record]:
+    """Every non-blank line of every NDJSON file inside `path`; over-long lines as `RejectedRecord`s."""
+    _check_limits(max_record_bytes, max_inflate_ratio)
+    limit = max_record_bytes
+    for source, stream in member_streams(path, members, max_inflate_ratio):
+        _check_ndjson_start(source, stream)
+        readline = stream.readline
+        for line_no, line in enumerate(iter(partial(readline, limit + 2), b""), 1):  # room for CR LF
+            if len(line) > limit and len(line) - _eol(line) > limit:  # skip to its end, never hold it
+                yield source, line_no, _skip_long_line(readline, line, limit)
+            elif len(line) > 2 or line.strip():
                 yield source, line_no, line
 
 
-def iter_csv_records(path: Path, members: list[str] | None = None) -> Iterator[Record]:
-    """Rows of the dashboard CSV(s) inside `path`, as dicts keyed by the header."""
-    for source, stream in _member_streams(path, members):
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-        reader = csv.reader(text)
+def _eol(line: bytes) -> int:
+    """The length of the line break that ends `line` (CR LF, LF, or none)."""
+    return 0 if line[-1:] != b"\n" else 2 if line[-2:] == b"\r\n" else 1
+
+
+def _skip_long_line(readline, start: bytes, limit: int) -> RejectedRecord:
+    size, last, before = len(start), start, b""
+    while last[-1:] != b"\n" and (chunk := readline(_CHUNK)):
+        size += len(chunk)
+        before, last = last[-1:], chunk
+    return _too_long(limit, size - _eol(before + last[-2:]), start)  # a CR LF may span two reads
+
+
+_BINARY_HINTS = {b"PK": "a zip archive", b"\x1f\x8b": "gzip data (compressed twice?)", b"%PDF": "a PDF",
+                 b"PAR1": "a Parquet file", b"BZh": "bzip2 data", b"\xfd7zXZ": "xz data"}
+
+
+def _check_ndjson_start(source: str, stream) -> None:
+    """Binary data where NDJSON should be (NUL bytes or invalid UTF-8 at the start) fails the file,
+    instead of quarantining garbage line by line. Text that is not JSON is left to the consumer."""
+    head = stream.peek(512)[:512]
+    body = head.lstrip(b" \t\r\n")
+    if not body or body[:1] == b"{" or (b"\x00" not in head and _utf8_prefix(head)):
+        return
+    hint = next((f": looks like {what}" for magic, what in _BINARY_HINTS.items() if head.startswith(magic)), "")
+    raise ExportFormatError(
+        f"{source}: not NDJSON text, it starts with binary data ({head[:8].hex(' ')}{hint}); the export "
+        f"should be newline-delimited JSON (Braze output_format zip or gzip): check the file, or "
+        f"re-export the segment"
+    )
+
+
+def _utf8_prefix(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError as exc:  # a character cut at the end of the sample is fine
+        return exc.reason == "unexpected end of data"
+    return True
+
+
+class _LongRecord(Exception):  # noqa: N818 - internal signal, never escapes this module
+    def __init__(self, line_no: int, record: RejectedRecord):
+        self.line_no, self.record = line_no, record
+
+
+class _CsvLines:
+    """The physical lines of one CSV member, decoded, fed to `csv.reader`.
+
+    Counts the bytes of the current record (the reader's loop sets `size = 0` after each row).
+    A record over the limit is skipped up to the newline that ends it outside quotes, and
+    signalled with `_LongRecord`; csv.reader starts afresh on its next call. Quotes are counted
+    only for records that span lines (rare), to keep the common path short.
+    """
+
+    __slots__ = ("_readline", "_cap", "_limit", "_source", "line_no", "size", "first", "more")
+
+    def __init__(self, source: str, stream, limit: int):
+        self._readline, self._cap, self._limit, self._source = stream.readline, limit + 2, limit, source
+        self.line_no = self.size = 0
+        self.first, self.more = b"", None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self._readline(self._cap)  # room for CR LF
+        if not line:
+            raise StopIteration
+        self.line_no += 1
+        if self.size:
+            self._continued(line)
+        else:
+            self.first = line
+        size = self.size = self.size + len(line)
+        if size > self._limit and size - _eol(line) > self._limit:
+            self._skip_record(line)
+        try:
+            return line.decode()
+        except UnicodeDecodeError as exc:
+            raise ExportFormatError(f"{self._source} line {self.line_no}: not UTF-8 text ({exc.reason} at "
+                                    f"byte {exc.start + 1}); re-export the CSV as UTF-8") from None
+
+    def _continued(self, line: bytes) -> None:
+        """A further line of a record (a quoted field with line breaks): count quotes, grow the excerpt."""
+        if self.more is None or self.more[2] is not self.first:  # this record's first continuation
+            self.more = [self.first.count(b'"'), self.first[:800], self.first]
+        self.more[0] += line.count(b'"')
+        if len(self.more[1]) < 800:
+            self.more[1] += line[:800]
+
+    def _quotes_and_start(self) -> tuple[int, bytes]:
+        more = self.more
+        if more is None or more[2] is not self.first:  # the record is one line
+            return self.first.count(b'"'), self.first
+        return more[0], more[1]
+
+    def skipped(self, reason: str) -> RejectedRecord:
+        record = RejectedRecord(reason, excerpt(self._quotes_and_start()[1]))
+        self.size = 0
+        return record
+
+    def _skip_record(self, line: bytes):
+        quotes, start = self._quotes_and_start()
+        size, inside, last, before = self.size, quotes & 1, line, b""
+        while inside or last[-1] != 10:
+            more = self._readline(_CHUNK)
+            if not more:  # end of file ends the record
+                break
+            self.line_no += last[-1] == 10  # a new physical line starts
+            size += len(more)
+            inside ^= more.count(b'"') & 1
+            before, last = last[-1:], more
+        self.size = 0
+        raise _LongRecord(self.line_no, _too_long(self._limit, size - _eol(before + last[-2:]), start))
+
+
+def iter_csv_records(path: Path, members: list[str] | None = None, *,
+                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                     max_inflate_ratio: float | None = DEFAULT_MAX_INFLATE_RATIO,
+                     required_fields: list[str] | None = None) -> Iterator[Record]:
+    """Rows of the dashboard CSV(s) inside `path`, as dicts keyed by the header.
+
+    Raises the process-wide `csv.field_size_limit` to `max_record_bytes` if lower: records are
+    bounded here, before the csv module sees them.
+    """
+    _check_limits(max_record_bytes, max_inflate_ratio)
+    if csv.field_size_limit() < max_record_bytes:
+        csv.field_size_limit(max_record_bytes)
+    for source, stream in member_streams(path, members, max_inflate_ratio):
+        if stream.peek(3)[:3] == codecs.BOM_UTF8:
+            stream.read(3)
+        lines = _CsvLines(source, stream, max_record_bytes)
+        reader = csv.reader(lines)
         try:
             header = next(reader)
         except StopIteration:
             continue
-        except UnicodeDecodeError as exc:
-            raise PermanentError(f"{source}: not UTF-8 text ({exc}); re-export the CSV as UTF-8") from None
+        except (_LongRecord, csv.Error) as exc:
+            why = exc.record.reason if isinstance(exc, _LongRecord) else str(exc)
+            raise ExportFormatError(f"{source}: the header line is unreadable ({why}); "
+                                    f"is this a CSV export?") from None
+        if not header:
+            raise ExportFormatError(f"{source}: the first line, the header, is empty; is this a CSV export?")
+        if required_fields:
+            _check_header(source, header, required_fields)
         width = len(header)
-        try:
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != width:
-                    yield source, reader.line_num, ",".join(row)
-                else:
-                    yield source, reader.line_num, dict(zip(header, row, strict=True))
-        except UnicodeDecodeError as exc:
-            raise PermanentError(f"{source} near line {reader.line_num}: not UTF-8 ({exc})") from None
+        while True:
+            lines.size = 0
+            try:
+                for row in reader:
+                    lines.size = 0
+                    if len(row) == width:
+                        yield source, lines.line_no, dict(zip(header, row, strict=False))  # width checked
+                    elif row:
+                        yield source, lines.line_no, ",".join(row)
+                break
+            except _LongRecord as long:
+                yield source, long.line_no, long.record
+            except csv.Error as exc:
+                yield source, lines.line_no, lines.skipped(f"unreadable CSV row: {exc}")
+
+
+def _check_header(source: str, header: list[str], required: list[str]) -> None:
+    """Every required field must be a column of this CSV's header, spelled exactly."""
+    present = set(header)
+    missing = [f for f in required if f not in present]
+    if not missing:
+        return
+    folded: dict[str, str] = {}
+    for h in header:
+        folded.setdefault(h.casefold(), h)
+    hints = []
+    for field in missing:
+        close = difflib.get_close_matches(field.casefold(), list(folded), n=3)
+        if close:
+            hints.append(f"{field!r}: found {' or '.join(repr(folded[c]) for c in close)}")
+    shown = ", ".join(repr(h[:60]) for h in header[:30]) + (", …" if len(header) > 30 else "")
+    raise ExportFormatError(
+        f"{source}: the CSV header has no column {', '.join(map(repr, missing))}"
+        f"{' (close matches: ' + '; '.join(hints) + ')' if hints else ''}; header found: [{shown[:300]}]. "
+        f"Fix the segment's `columns` mapping to the header's exact spelling, or re-export the CSV "
+        f"with those columns"
+    )

@@ -99,20 +99,27 @@ def _check_rejections(job: TransferJob, stats: ShapeStats) -> None:
     )
 
 
-def transfer_segment(job: TransferJob, fetch: Callable[[Path], Path]) -> dict:
-    """Run the whole transfer; `fetch(scratch)` puts the export file into scratch and returns it."""
+def transfer_segment(job: TransferJob, fetch: Callable[[Path], Path | list[Path]]) -> dict:
+    """Run the whole transfer; `fetch(scratch)` puts the export file(s) into scratch and returns them
+    (several for a bucket export, in export order)."""
     seg = job.segment
     with scratch_dir(seg.name) as work:
-        raw = _decrypt_if_needed(job, fetch(work))
-        export_bytes = raw.stat().st_size
-        kind = detect_kind(raw)
+        fetched = fetch(work)
+        raws = [_decrypt_if_needed(job, path) for path in ([fetched] if isinstance(fetched, Path) else fetched)]
+        export_bytes = sum(raw.stat().st_size for raw in raws)
+        kind = detect_kind(raws[0])
         shaper = CsvShaper(
             seg.columns, id_field=seg.id_field, timestamp_column=seg.timestamp_column,
             timestamp_value=job.timestamp_value, nested=kind != "csv",
         )
         plain_csv = work / f"{seg.file_root}_{job.ds_nodash}.csv"
-        stats = shape_export(raw, shaper, plain_csv, job.quarantine_path, kind=kind, workers=job.workers)
-        raw.unlink()
+        read_options = {"max_record_bytes": int(seg.max_record_mib * (1 << 20)),
+                        "max_inflate_ratio": seg.max_inflate_ratio,
+                        "required_fields": list(seg.columns.values()) if kind == "csv" else None}
+        stats = shape_export(raws, shaper, plain_csv, job.quarantine_path, kind=kind, workers=job.workers,
+                             read_options=read_options)
+        for raw in raws:
+            raw.unlink()
         log.info(
             "Segment %s: read %d rows, wrote %d, rejected %d, duplicates %d (%s)", seg.name, stats.rows_read,
             stats.rows_written, stats.rows_rejected, stats.rows_duplicate, dict(stats.reasons) or "no rejections",

@@ -1,10 +1,13 @@
-"""Tests of the Braze sandbox itself (generator + HTTP server), over real HTTP on loopback."""
+"""Tests of the Braze sandbox's export endpoint and link archives, over real HTTP on loopback.
+
+The generator: test_braze_users.py; S3 link semantics: test_braze_export_links.py; bucket mode:
+test_braze_bucket.py.
+"""
 
 from __future__ import annotations
 
 import gzip
 import io
-import os
 import re
 import subprocess
 import sys
@@ -13,13 +16,14 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 import requests
 
 from sandbox.braze_server import BrazeSandbox
-from sandbox.braze_users import ALL_FIELDS, SegmentSpec, expected_users, export_lines, user
+from sandbox.braze_users import ALL_FIELDS, SegmentSpec, expected_users, export_lines
 
 pytestmark = pytest.mark.sandbox
 
@@ -71,7 +75,7 @@ def _download(http, url, timeout=10.0):
         r = http.get(url, timeout=30)
         if r.status_code == 200:
             return r
-        assert r.status_code == 404, r.text
+        assert r.status_code == 404 and b"<Code>NoSuchKey</Code>" in r.content, r.text
         assert time.monotonic() < deadline, "export never became ready"
         time.sleep(0.05)
 
@@ -92,113 +96,6 @@ def _gzip_members(data: bytes) -> list[bytes]:
         assert d.eof, "truncated gzip member"
         data = d.unused_data
     return members
-
-
-# --------------------------------------------------------------------------- generator
-def test_user_is_deterministic_and_realistic():
-    spec = SegmentSpec("seg_x", 5_000)
-    users = list(expected_users(spec, None))
-    assert users == [user(spec, i) for i in range(spec.size)]
-    assert users[0] != user(SegmentSpec("seg_x", 5_000, seed=1), 0)
-    assert users[0] != user(SegmentSpec("seg_y", 5_000), 0)
-    hexre = re.compile(r"[0-9a-f]{24}")
-    for i, u in enumerate(users):
-        assert u["external_id"] == f"seg_x-u{i:08d}"
-        assert hexre.fullmatch(u["braze_id"])
-        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", u["dob"])
-        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", u["created_at"])
-        assert re.fullmatch(r"[A-Z]{2}", u["country"])
-        assert u["email_subscribe"] in ("opted_in", "subscribed", "unsubscribed")
-        assert 0 <= u["random_bucket"] < 10_000
-        ca = u["custom_attributes"]
-        assert isinstance(ca["tier"], str) and isinstance(ca["loyalty_points"], int)
-        assert isinstance(ca["vip"], bool) and isinstance(ca["note"], str)
-        assert ca["favourite_store"] is None or isinstance(ca["favourite_store"], str)
-        assert 0 <= len(u["devices"]) <= 2
-        for d in u["devices"]:
-            assert set(d) == {"model", "os", "carrier", "idfv"}
-        for a in u["user_aliases"]:
-            assert set(a) == {"alias_name", "alias_label"}
-    # ~5% without email (key absent), braze_ids unique, awkward text present.
-    missing = sum("email" not in u for u in users)
-    assert 150 < missing < 350
-    assert len({u["braze_id"] for u in users}) == len(users)
-    notes = [u["custom_attributes"]["note"] for u in users]
-    assert any("\n" in n for n in notes) and any('"' in n for n in notes) and any("," in n for n in notes)
-    text = "".join(u["first_name"] + u["last_name"] + u["home_city"] for u in users)
-    for s in ("José", "Zoë", "Łukasz", "李", "Müller", "São Paulo", "Smith, Jr.", "O'Brien", 'The "Rock"'):
-        assert s in text
-    assert any(ord(c) > 0xFFFF for c in text)  # an emoji somewhere
-    assert {None} < {u["custom_attributes"]["favourite_store"] for u in users}
-    assert any(not u["user_aliases"] for u in users) and any(not u["devices"] for u in users)
-
-
-def test_export_lines_roundtrip_and_field_restriction():
-    spec = SegmentSpec("seg_rt", 500)
-    lines = list(export_lines(spec, None))
-    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
-    assert [orjson.loads(line) for line in lines] == list(expected_users(spec, None))
-    fields = ["email", "external_id", "custom_attributes", "phone"]  # phone: never generated
-    sub = [orjson.loads(line) for line in export_lines(spec, fields)]
-    assert sub == list(expected_users(spec, fields))
-    assert all(set(u) <= {"email", "external_id", "custom_attributes"} for u in sub)
-    assert all("external_id" in u and "custom_attributes" in u for u in sub)
-
-
-def test_knobs_in_generator():
-    lines = list(export_lines(KNOBS, None))
-    expected = list(expected_users(KNOBS, None))
-    for i, (line, exp) in enumerate(zip(lines, expected, strict=True)):
-        if i % 7 == 6:
-            assert exp is None
-            with pytest.raises(orjson.JSONDecodeError):
-                orjson.loads(line)
-            line.decode("utf-8")  # broken JSON, but still one valid UTF-8 line
-            assert line.endswith(b"\n") and line.count(b"\n") == 1
-            continue
-        u = orjson.loads(line)
-        assert u == exp
-        if i % 5 == 4:
-            assert "external_id" not in u
-        elif i % 4 == 3:
-            assert u["external_id"] == KNOBS.external_id(i - 1)
-            assert u["braze_id"] != user(KNOBS, i - 1)["braze_id"]
-        else:
-            assert u["external_id"] == KNOBS.external_id(i)
-
-
-def test_generator_is_stable_across_processes():
-    """No dependence on Python's per-process hash randomisation."""
-    code = (
-        "import hashlib; from sandbox.braze_users import SegmentSpec, export_lines;"
-        "print(hashlib.sha256(b''.join(export_lines(SegmentSpec('seg_p', 300, seed=9), None))).hexdigest())"
-    )
-    digests = {
-        subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONHASHSEED": seed},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        for seed in ("1", "2")
-    }
-    import hashlib
-
-    here = hashlib.sha256(b"".join(export_lines(SegmentSpec("seg_p", 300, seed=9), None))).hexdigest()
-    assert digests == {here}
-
-
-def test_spec_validation():
-    with pytest.raises(ValueError):
-        SegmentSpec("bad/id", 1)
-    with pytest.raises(ValueError):
-        SegmentSpec("seg", -1)
-    with pytest.raises(ValueError):
-        SegmentSpec("seg", 1, missing_email_share=1.5)
-    with pytest.raises(ValueError):
-        SegmentSpec("seg", 1, duplicate_every=1)
 
 
 # --------------------------------------------------------------------------- auth & validation
@@ -265,8 +162,8 @@ def test_wrong_method_and_unknown_paths(http, sb):
     assert r.status_code == 405 and r.json()["message"]
     r = http.get(f"{sb.url}/users/track", headers=AUTH, timeout=10)
     assert r.status_code == 404 and r.headers["Content-Type"] == "application/json"
-    r = http.get(f"{sb.url}/exports/{'x' * 64}.zip", timeout=10)
-    assert r.status_code == 404 and r.json()["message"]
+    r = http.get(f"{sb.url}/exports/{'x' * 64}.zip", timeout=10)  # no signature: an anonymous S3 GET
+    assert r.status_code == 403 and b"<Code>AccessDenied</Code>" in r.content
 
 
 # --------------------------------------------------------------------------- exports
@@ -276,23 +173,23 @@ def test_zip_export_404_until_ready_then_content(http, sb):
     res = _export(http, sb, SMALL.segment_id, fields)
     assert res["message"] == "success" and res["object_prefix"]
     prefix = res["object_prefix"]
-    m = re.fullmatch(re.escape(sb.url) + r"/exports/([A-Za-z0-9_-]{32,})\.zip", res["url"])
+    m = re.fullmatch(
+        re.escape(sb.url) + r"/exports/([A-Za-z0-9_-]{32,})\.zip\?(.*X-Amz-Signature=[0-9a-f]{64})",
+        res["url"],
+    )
     assert m, res["url"]
 
-    # Not ready yet: 404 for GET and HEAD (no auth needed either way).
+    # Not ready yet: 404 NoSuchKey (no auth header needed: the link is pre-signed).
     r = http.get(res["url"], timeout=10)
-    assert r.status_code == 404 and r.json()
-    assert http.head(res["url"], timeout=10).status_code == 404
-    # Same token with the other extension never matches.
-    assert http.get(res["url"][:-4] + ".gz", timeout=10).status_code == 404
+    assert r.status_code == 404 and b"<Code>NoSuchKey</Code>" in r.content
+    # Same token with the other extension: another path, so the signature does not match.
+    r = http.get(res["url"].replace(".zip?", ".gz?"), timeout=10)
+    assert r.status_code == 403 and b"SignatureDoesNotMatch" in r.content
 
     r = _download(http, res["url"])
     assert time.monotonic() - t0 >= DELAY
     assert r.headers["Content-Type"] == "application/zip"
     assert int(r.headers["Content-Length"]) == len(r.content)
-    head = http.head(res["url"], timeout=10)
-    assert head.status_code == 200 and head.headers["Content-Length"] == r.headers["Content-Length"]
-    assert head.content == b""
 
     names, chunks = _zip_lines(r.content)
     day = time.strftime("%Y-%m-%d", time.gmtime())
@@ -303,7 +200,7 @@ def test_zip_export_404_until_ready_then_content(http, sb):
 
 def test_gzip_export_is_multi_member(http, sb):
     res = _export(http, sb, SMALL.segment_id, ["external_id", "first_name"], fmt="gzip")
-    assert res["url"].endswith(".gz")
+    assert urlsplit(res["url"]).path.endswith(".gz")
     r = _download(http, res["url"])
     assert r.headers["Content-Type"] == "application/gzip"
     assert "Content-Encoding" not in r.headers  # the file itself is gzip, not a transfer encoding
@@ -397,12 +294,14 @@ def test_rate_limit_headers_on_every_response(http, sb):
     assert remaining[0] > remaining[1] > remaining[2]
     for r in (
         _post(http, sb, body, headers={}),  # 401
-        http.get(f"{sb.url}/exports/{'y' * 64}.gz", timeout=10),  # 404
         http.get(f"{sb.url}/nowhere", timeout=10),
     ):
         assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(r.headers)
-    # Unauthenticated requests and downloads do not consume the quota.
+    # Unauthenticated requests do not consume the quota.
     assert int(r.headers["X-RateLimit-Remaining"]) == remaining[-1]
+    # A download link is S3's: S3's headers, none of Braze's.
+    r = http.get(f"{sb.url}/exports/{'y' * 64}.gz", timeout=10)
+    assert "x-amz-request-id" in r.headers and "X-RateLimit-Remaining" not in r.headers
 
 
 def test_rate_limit_enforced():
@@ -419,8 +318,12 @@ def test_fail_next(http, sb):
     body = {"segment_id": TINY.segment_id, "fields_to_export": ["external_id"]}
     sb.fail_next(2, 500)
     assert [_post(http, sb, body).status_code for _ in range(2)] == [500, 500]
+    sb.fail_next(1, 503)
+    r = http.get(f"{sb.url}/exports/{'z' * 64}.zip", timeout=10)  # a download link: S3's XML
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1" and b"<Code>SlowDown</Code>" in r.content
+    assert r.headers["Content-Type"] == "application/xml" and "X-RateLimit-Remaining" not in r.headers
     sb.fail_next(1, 429)
-    r = http.get(f"{sb.url}/exports/{'z' * 64}.zip", timeout=10)
+    r = _post(http, sb, {"segment_id": "nope", "fields_to_export": ["x"]})
     assert r.status_code == 429 and r.headers["Retry-After"] == "1" and r.json()["message"]
     assert "X-RateLimit-Remaining" in r.headers
     assert _export(http, sb, TINY.segment_id, ["external_id"])["message"] == "success"

@@ -48,8 +48,44 @@ def braze_session(base_url: str, api_key: str, session: requests.Session | None 
 
 @dataclass(frozen=True)
 class ExportJob:
-    url: str
+    """Where Braze will put the export: a pre-signed download `url`, or (bucket exports, `url`
+    None) files under `object_prefix` in the workspace's own S3/Azure/GCS bucket."""
+
+    url: str | None
     object_prefix: str
+
+
+class ExportLinkExpired(PermanentError):
+    """The pre-signed download link expired: only a new export helps."""
+
+
+_EXPIRED_ADVICE = ("Braze's download links are valid for a limited time: clear the segment's task group from "
+                   "start_export on to request a new export (and raise export_timeout_minutes only if Braze "
+                   "was still building the file).")
+
+
+def _link_answer(resp: requests.Response, url: str) -> str:
+    """What a pre-signed S3 link's answer means: "ready", "not ready"; raises for an expired or refused link.
+
+    S3 answers a GET of an object that does not exist yet with 404 NoSuchKey, or 403 AccessDenied when
+    the signer may not list the bucket; an expired link with 403 "Request has expired"; a link used
+    with another method than the one signed (e.g. HEAD) with 403 SignatureDoesNotMatch
+    (docs/vendor-contracts.md#braze-segment-exports).
+    """
+    if resp.status_code in (200, 206):
+        return "ready"
+    if resp.status_code == 404:
+        return "not ready"
+    if resp.status_code == 403:
+        body = resp.raw.read(4096, decode_content=True).decode("utf-8", "replace") if resp.raw else resp.text
+        shown = redact_url(url, keep_path=False)
+        if "expired" in body.lower():
+            raise ExportLinkExpired(f"the Braze export link ({shown}) has expired. {_EXPIRED_ADVICE}")
+        if "SignatureDoesNotMatch" in body:
+            raise PermanentError(f"the Braze export link ({shown}) was refused (SignatureDoesNotMatch): the link is "
+                                 f"damaged. Clear the segment's task group from start_export on to re-export.")
+        return "not ready"  # AccessDenied: the object is not there yet
+    raise AssertionError(resp.status_code)  # request() classified every other status already
 
 
 class BrazeExportClient:
@@ -69,24 +105,37 @@ class BrazeExportClient:
             auth_hint=_AUTH_HINT,
             json={"segment_id": segment_id, "fields_to_export": list(fields_to_export), "output_format": output_format},
         ), self.policy, what=what)
-        body = resp.json()
-        if not body.get("url"):
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            kind = resp.headers.get("Content-Type", "no content type")
             raise PermanentError(
-                f"Braze accepted the export of segment {segment_id} but returned no download URL: this "
-                f"workspace exports to its own S3/Azure/GCS bucket (object prefix {body.get('object_prefix')!r}). "
-                f"Use source: drop pointed at that bucket's files instead."
+                f"{what}: Braze answered {resp.status_code} ({kind}) with a body that is not a JSON object, "
+                f"starting {resp.text[:60]!r}. Check that the host of the Braze connection is your instance's "
+                f"REST endpoint (e.g. https://rest.iad-01.braze.com), not the dashboard or a proxy page."
             )
-        return ExportJob(url=body["url"], object_prefix=body.get("object_prefix", ""))
+        url, prefix = body.get("url"), body.get("object_prefix")
+        if not url and not prefix:
+            raise PermanentError(f"{what}: Braze answered without a download url or an object_prefix: {body!r:.200}")
+        return ExportJob(url=url or None, object_prefix=prefix or "")
 
     def export_ready(self, url: str) -> bool:
-        """True once the export file can be downloaded; False while Braze is still writing it."""
-        # A pre-signed S3 URL answers 403/404 until the object exists; no auth header is sent to it.
-        resp = retry_call(lambda: request(
-            requests.Session(), "HEAD", url, service="Braze export storage", what="checking the export file",
-            auth_hint="The export link may have expired: clear the segment's whole task group to start a new export.",
-            ok=lambda r: r.status_code in (403, 404), secret_path=True,
-        ), self.policy, what="checking the export file")
-        return resp.status_code < 300
+        """True once the export file can be downloaded; False while Braze is still writing it.
+
+        The link is pre-signed for GET only (HEAD is refused), so readiness is probed with a GET of
+        the first byte; no auth header is sent to it. An expired link raises `ExportLinkExpired`.
+        """
+        def probe() -> str:
+            resp = request(requests.Session(), "GET", url, service="Braze export storage",
+                           what="checking the export file", auth_hint=_EXPIRED_ADVICE, stream=True,
+                           headers={"Range": "bytes=0-0"}, ok=lambda r: r.status_code in (403, 404),
+                           secret_path=True)
+            with resp:
+                return _link_answer(resp, url)
+
+        return retry_call(probe, self.policy, what="checking the export file") == "ready"
 
     def download(self, url: str, dest: Path) -> int:
         """Stream the export file to `dest` (bounded memory); returns its size in bytes."""
@@ -95,9 +144,15 @@ class BrazeExportClient:
         def attempt() -> int:
             resp = request(
                 requests.Session(), "GET", url, service="Braze export storage", what="downloading the export",
-                auth_hint="The export link has expired or is not ready: clear the segment's task group to re-export.",
-                stream=True, secret_path=True,
+                auth_hint=_EXPIRED_ADVICE, stream=True, secret_path=True, ok=lambda r: r.status_code in (403, 404),
             )
+            if _link_answer(resp, url) != "ready":
+                resp.close()
+                raise TransientError(f"the Braze export at {redact_url(url, keep_path=False)} is not there (any more)")
+            if resp.headers.get("Content-Type", "").startswith("text/html"):
+                resp.close()
+                raise PermanentError(f"the Braze export link {redact_url(url, keep_path=False)} answered an HTML "
+                                     f"page, not the export file. Clear the segment's task group to re-export.")
             size = 0
             try:
                 with resp, open(tmp, "wb") as out:
@@ -113,6 +168,10 @@ class BrazeExportClient:
 
         try:
             size = retry_call(attempt, self.policy, what="downloading the Braze export")
+            if size == 0:
+                # Even a segment without users exports as a valid (non-empty) zip or gzip file.
+                raise PermanentError(f"the Braze export at {redact_url(url, keep_path=False)} is empty (0 bytes), "
+                                     f"which Braze never sends: clear the segment's task group to re-export.")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -53,6 +53,7 @@ def start_export(segment: dict, context) -> dict:
         "timeout_seconds": seg.export_timeout_minutes * 60,
     }
     with fail_fast_on_permanent_errors():
+        _check_delivery_target(seg)
         if seg.source == "drop":
             ds = run_date(context).strftime("%Y-%m-%d")
             directory = seg.drop.directory_for(segment_id=seg.segment_id, name=seg.name, ds=ds)
@@ -63,9 +64,51 @@ def start_export(segment: dict, context) -> dict:
         client = BrazeHook(seg.braze_conn_id).get_conn()
         job = client.start_segment_export(seg.segment_id, list(seg.fields_to_export), seg.output_format)
         log.info("Segment %s: Braze export started (object prefix %s)", seg.name, job.object_prefix)
+        if job.url is None:
+            return {**common, **_bucket_export(seg, job.object_prefix)}
         # The download link is pre-signed (a bearer secret): only its sealed form goes to XCom.
         return {**common, "braze_conn_id": seg.braze_conn_id, "object_prefix": job.object_prefix,
                 "sealed_url": client.seal(job.url), "output_format": seg.output_format}
+
+
+def _check_delivery_target(seg) -> None:
+    """Connect to the SFTP target (host key, login, remote dir writable) before any export is asked for:
+    a changed host key or a wrong password fails in seconds, not after shaping a 5M-user export."""
+    from braze_lytics.hooks.sftp_target import SftpTargetHook
+    from include.clients.sftp import check_target
+
+    check_target(SftpTargetHook(seg.sftp_conn_id).get_settings(), seg.remote_dir)
+    log.info("Segment %s: delivery target %s:%s is reachable and writable", seg.name, seg.sftp_conn_id, seg.remote_dir)
+
+
+def _bucket_export(seg, object_prefix: str) -> dict:
+    """Braze answered with an object prefix and no link: the export goes to the workspace's bucket."""
+    from datetime import UTC, datetime
+
+    from include.common.errors import ConfigError
+
+    if not seg.bucket_url:
+        raise ConfigError(
+            f"segment {seg.name!r}: Braze accepted the export but sent no download link: this workspace exports "
+            f"to its own S3/Azure/GCS bucket (object prefix {object_prefix!r}). Set bucket_url (e.g. "
+            f"s3://your-braze-bucket) and bucket_conn_id for this segment, then clear its task group."
+        )
+    log.info("Segment %s: bucket export to %s (object prefix %s)", seg.name, seg.bucket_url, object_prefix)
+    return {"kind": "bucket", "segment_id": seg.segment_id, "object_prefix": object_prefix,
+            "requested_day": datetime.now(UTC).strftime("%Y-%m-%d"), "bucket_url": seg.bucket_url,
+            "bucket_conn_id": seg.bucket_conn_id, "quiet_seconds": seg.bucket_quiet_minutes * 60}
+
+
+def _bucket_objects(export: dict):
+    """(filesystem, the export's objects in export order) of a bucket export."""
+    from datetime import date
+
+    from braze_lytics.hooks.export_bucket import ExportBucketHook
+    from include.segments_to_lytics.bucket_export import find_export_objects
+
+    fs, root = ExportBucketHook(export["bucket_url"], export["bucket_conn_id"]).get_fs_and_root()
+    return fs, find_export_objects(fs, root, export["segment_id"], export["object_prefix"],
+                                   date.fromisoformat(export["requested_day"]))
 
 
 def _drop_sftp(export: dict):
@@ -77,6 +120,14 @@ def _drop_sftp(export: dict):
 
 
 def export_is_ready(export: dict) -> bool:
+    if export["kind"] == "bucket":
+        from include.segments_to_lytics.bucket_export import export_complete
+
+        _, objects = _bucket_objects(export)
+        done = export_complete(objects, export["quiet_seconds"])
+        log.info("Bucket export for %s: %d object(s)%s", export["segment"], len(objects),
+                 ", complete" if done else (", still being written" if objects else ""))
+        return done
     if export["kind"] == "drop":
         from include.segments_to_lytics.drop_source import find_drop
 
@@ -92,7 +143,15 @@ def export_is_ready(export: dict) -> bool:
 
 
 def _fetcher(export: dict):
-    """A function that puts the export file into the scratch directory it is given."""
+    """A function that puts the export file(s) into the scratch directory it is given."""
+    if export["kind"] == "bucket":
+        from include.segments_to_lytics.bucket_export import fetch_export_objects
+
+        def fetch_bucket_objects(work: Path) -> list[Path]:
+            fs, objects = _bucket_objects(export)
+            return fetch_export_objects(fs, objects, work)
+
+        return fetch_bucket_objects
     if export["kind"] == "drop":
         from include.common.errors import NotFoundError
         from include.segments_to_lytics.drop_source import fetch_drop, find_drop
@@ -145,6 +204,11 @@ def transfer(segment: dict, export: dict, context) -> dict:
             workers=settings.shape_workers(),
         )
         report = transfer_segment(job, _fetcher(export))
+        if export["kind"] == "bucket" and seg.bucket_cleanup == "delete":
+            from include.segments_to_lytics.bucket_export import delete_export_objects
+
+            fs, objects = _bucket_objects(export)
+            delete_export_objects(fs, objects)  # only after a successful delivery
     log.info("Segment %s delivered:\n%s", seg.name, "\n".join(f"  {k:<17} {v}" for k, v in report.items()))
     return report
 
