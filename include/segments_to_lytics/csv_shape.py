@@ -28,7 +28,7 @@ import orjson
 
 from include.common.errors import ConfigError
 from include.segments_to_lytics.duplicate_ids import PartRows, find_duplicates, id_digest, join_parts
-from include.segments_to_lytics.export_files import detect_kind, iter_records, member_groups
+from include.segments_to_lytics.export_files import contiguous_runs, detect_kind, iter_records, member_groups
 
 QUARANTINE_HEADER = ["source", "line", "reason", "record"]
 _BATCH = 2000
@@ -243,14 +243,7 @@ def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: d
 def _work_groups(exports: list[Path], workers: int) -> list[list[Unit]]:
     """Contiguous runs of the exports' data files, in export order, one run per worker."""
     units: list[Unit] = [(path, members) for path in exports for members in member_groups(path, 1 << 30)]
-    parts = max(1, min(workers, len(units)))
-    size, extra = divmod(len(units), parts)
-    groups, start = [], 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        groups.append(units[start:end])
-        start = end
-    return groups
+    return contiguous_runs(units, workers)
 
 
 def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, quarantine_path: Path, *,

@@ -101,14 +101,19 @@ def member_groups(path: Path, parts: int) -> list[list[str] | None]:
         names = data_members(zf)
     if len(names) < 2:
         return [None]
-    parts = min(parts, len(names))
-    size, extra = divmod(len(names), parts)
-    groups, start = [], 0
+    return contiguous_runs(names, parts)
+
+
+def contiguous_runs(items: list, parts: int) -> list[list]:
+    """`items` cut into at most `parts` contiguous runs of nearly equal length, order kept."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
     for i in range(parts):
         end = start + size + (1 if i < extra else 0)
-        groups.append(names[start:end])
+        runs.append(items[start:end])
         start = end
-    return groups
+    return runs
 
 
 def detect_kind(path: Path) -> str:

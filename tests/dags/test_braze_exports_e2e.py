@@ -144,3 +144,24 @@ def test_a_bucket_export_is_found_awaited_and_read_in_export_order(tmp_path, mon
     text = gzip.decompress((connections.chroot / "upload" / "bucket_20261123.csv.gz").read_bytes()).decode()
     counts = check_delivery(text, quarantine_file("bucket", "bucket"), spec)
     assert counts["duplicate"] > 0  # first occurrences are files earlier: only numeric order gets them right
+
+
+def test_a_changed_host_key_fails_before_braze_is_asked_for_an_export(tmp_path, monkeypatch, connections, capfd):
+    """The delivery target is checked first: a 5M-user export is not built, downloaded and shaped
+    only to be refused at the last step."""
+    import paramiko
+
+    sshd = connections
+    wrong = "ssh-rsa " + paramiko.RSAKey.generate(2048).get_base64()  # not the server's key
+    monkeypatch.setenv("AIRFLOW_CONN_LYTICS_SFTP", sshd.conn_json(sshd.key_user, auth="key", host_key=wrong))
+    with BrazeSandbox(API_KEY, [SegmentSpec("seg_hk", 10)], export_delay=0.5) as braze:
+        use_braze(monkeypatch, braze)
+        monkeypatch.setenv("BRAZE_LYTICS_CONFIG", write_config(tmp_path, [
+            {"name": "hk", "segment_id": "seg_hk", "columns": {"user_id": "external_id"}}]))
+        dag_run = run_dag()
+        posts = [r for r in braze.requests if r[1] == "/users/export/segment"]
+    assert dag_run.state == "failed"
+    start = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "segment.start_export")
+    assert start.state == "failed" and start.try_number == 1
+    assert posts == []  # Braze was never asked
+    assert "CHANGED" in capfd.readouterr().out
