@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from include.segments_to_lytics.export_files import export_order
 log = logging.getLogger(__name__)
 
 EXPORT_SUFFIXES = (".zip", ".gz")
+_NUMBERED = re.compile(r"-\d+(\.json)?\.(zip|gz)$")  # "<object_prefix>-<N>.zip", "...-<N>.json.gz"
 DAYS_TO_LOOK = 3  # the request day and the two after it (a long export finishes after midnight)
 
 
@@ -57,9 +59,13 @@ def find_export_objects(fs, root: str, segment_id: str, object_prefix: str, requ
         objects = {posixpath.basename(e["name"]): e for e in entries
                    if e.get("type") == "file" and e["name"].endswith(EXPORT_SUFFIXES)}
         if objects:
-            return [BucketObject(path=objects[name]["name"], size=int(objects[name].get("size") or 0),
-                                 modified=_modified(fs, objects[name]))
-                    for name in export_order(list(objects))]
+            found = {name: BucketObject(path=e["name"], size=int(e.get("size") or 0), modified=_modified(fs, e))
+                     for name, e in objects.items()}
+            if all(_NUMBERED.search(name) for name in found):
+                order = export_order(list(found))
+            else:  # names without a file number: the order Braze wrote them in
+                order = sorted(found, key=lambda name: (found[name].modified, name))
+            return [found[name] for name in order]
     return []
 
 
