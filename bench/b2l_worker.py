@@ -36,23 +36,6 @@ TIMESTAMP_COLUMN = "timestamp"
 TIMESTAMP_VALUE = "2026-11-23T00:00:00Z"
 
 
-def duckdb_sql(glob: str, out_csv: str) -> str:
-    """The reference: the same columns (devices as JSON text, same constant timestamp) with DuckDB."""
-
-    def lit(s: str) -> str:
-        return "'" + s.replace("'", "''") + "'"
-
-    cols = []
-    for name, src in COLUMNS.items():
-        expr = ".".join(src.split("."))  # struct field access: custom_attributes.tier
-        if name == "devices":
-            expr = f"to_json({expr})"
-        cols.append(f"{expr} AS {name}")
-    cols.append(f"{lit(TIMESTAMP_VALUE)} AS {TIMESTAMP_COLUMN}")
-    return (f"COPY (SELECT {', '.join(cols)} FROM read_ndjson({lit(glob)})) "
-            f"TO {lit(out_csv)} (HEADER)")
-
-
 def task_extract(t: dict) -> dict:
     import zipfile
 
@@ -63,15 +46,34 @@ def task_extract(t: dict) -> dict:
 
 
 def task_duckdb(t: dict) -> dict:
+    """DuckDB doing the same job as our shaping (bench/b2l_duckdb.py), on the extracted files."""
     import duckdb
 
-    sql = duckdb_sql(t["glob"], t["out"])
+    from bench.b2l_duckdb import same_job_sql
+
+    statements = same_job_sql(t["glob"], t["out"], t.get("variant", "ordinality"))
     start = time.perf_counter()
     con = duckdb.connect()
-    res = con.execute(sql).fetchall()
+    for stmt in statements:
+        res = con.execute(stmt).fetchall()
     con.close()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rows": res[0][0] if res and res[0] else None, "threads": None}
+    return {"seconds": seconds, "rows": res[0][0] if res and res[0] else None}
+
+
+def task_duckdb_order(t: dict) -> dict:
+    """Not timed for the table: does the variant's numbering put every row where it is in the export?"""
+    import duckdb
+
+    from bench.b2l_duckdb import order_check_sql
+
+    start = time.perf_counter()
+    con = duckdb.connect()
+    for stmt in order_check_sql(t["glob"], t["variant"], t["users_per_file"], t["segment_id"]):
+        row = con.execute(stmt).fetchone()
+    con.close()
+    keys = ("rows", "with_id", "at_own_position", "not_contiguous", "files", "max_line")
+    return {"seconds": time.perf_counter() - start, **dict(zip(keys, row, strict=True))}
 
 
 def task_shape(t: dict) -> dict:
@@ -137,9 +139,68 @@ def task_dagparse(t: dict) -> dict:
             "dags": len(dags)}
 
 
+def task_transfer(t: dict) -> dict:
+    """The whole transfer as the DAG's `transfer` task runs it (transfer_segment): download the export
+    from the sandbox's link (BrazeExportClient.download, GET over HTTP) -> shape (workers=2) -> gzip
+    -> PGP encrypt (gpg, no second compression) -> SFTP (atomic upload, no manifest)."""
+    import concurrent.futures  # noqa: F401 - as task_shape: imported lazily by shape_export
+    import multiprocessing  # noqa: F401
+    from datetime import UTC, datetime
+
+    import gnupg  # noqa: F401 - imported by the pgp client; before the clock like the others
+    import paramiko  # noqa: F401
+    import requests  # noqa: F401
+
+    from include.clients.braze.export import BrazeExportClient
+    from include.clients.pgp.files import PgpKey
+    from include.clients.sftp import SftpSettings
+    from include.segments_to_lytics import transfer as transfer_module
+    from include.segments_to_lytics.config import PgpOptions, SegmentConfig
+    from include.segments_to_lytics.transfer import TransferJob, transfer_segment
+
+    segment = SegmentConfig(
+        name="bench", segment_id=t["segment_id"], columns=COLUMNS, id_field=ID_FIELD, file_root="bench_users",
+        fields_to_export=tuple(t["fields"]), compression="gzip", manifest=False, timestamp_column=TIMESTAMP_COLUMN,
+        max_rejected_share=0.05, pgp=PgpOptions(encrypt_conn_id="bench_pgp", compress=True),
+    )
+    job = TransferJob(segment=segment, logical_date=datetime(2026, 11, 23, tzinfo=UTC),
+                      sftp=SftpSettings(**t["settings"]), quarantine_dir=Path(t["quarantine_dir"]),
+                      encrypt_key=PgpKey(Path(t["key_file"]).read_text(), source="the bench public key"),
+                      workers=t["workers"])
+    assert job.timestamp_value == TIMESTAMP_VALUE
+    client = BrazeExportClient(t["base_url"], t["api_key"])
+    stages: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        """The stage functions as transfer_segment calls them, with a clock around each (4 calls a run)."""
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stages[name] = stages.get(name, 0.0) + time.perf_counter() - t0
+        return call
+
+    for name in ("shape_export", "compress", "encrypt_file", "deliver"):
+        setattr(transfer_module, name, timed(name, getattr(transfer_module, name)))
+
+    def fetch(work: Path) -> Path:
+        dest = work / "export.zip"
+        client.download(t["url"], dest)
+        return dest
+
+    start = time.perf_counter()
+    summary = transfer_segment(job, timed("download", fetch))
+    seconds = time.perf_counter() - start
+    keep = ("rows_read", "rows_written", "rows_rejected", "rows_duplicate", "export_bytes", "bytes", "remote_path")
+    return {"seconds": seconds, "stages": stages, **{k: summary[k] for k in keep}}
+
+
 TASKS = {
     "extract": task_extract,
     "duckdb": task_duckdb,
+    "duckdb_order": task_duckdb_order,
+    "transfer": task_transfer,
     "shape": task_shape,
     "encrypt": task_encrypt,
     "deliver": task_deliver,

@@ -20,7 +20,7 @@ with the Parquet reads inside the clock (ours `pyarrow.parquet.read_table`, Duck
 `read_parquet`), and ours with a hash anti-join (`pyarrow.compute.is_in` both ways) instead of
 the sorted merge, to show why the merge is used.
 
-Measurement (shared with bench/run_b2l.py: `measure`): each run is a fresh child process
+Measurement (shared with bench/run_b2l.py: bench/measure.py): each run is a fresh child process
 (`python -m bench.run_l2b_diff --worker '<json>'`), time = perf_counter around the operation
 only, best of 3 with the sides alternating; peak RSS = the best run's whole process tree (psutil
 polling every 20 ms, or the worker's own VmHWM read before exit, whichever is larger). Both sides
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow as pa
 
-    from bench.run_b2l import MB, Report, Row, Run, StepFailed, best, measure, table, worker_env
+    from bench.b2l_report import Report, Row, table
+    from bench.measure import MB, Run, StepFailed, best, measure, worker_env
 
     def run_worker(task: dict) -> Run:
         return measure([sys.executable, "-m", "bench.run_l2b_diff", "--worker", json.dumps(task)],

@@ -6,18 +6,27 @@ later task of the run (a cleared one too) uses that frozen copy. Then, for each 
 
 1. **snapshot_audience** (one mapped task per audience) - scan its members
    (`GET /api/segment/{id}/scan`, `_next` paging) into a Parquet snapshot in the state store.
+   A scan that disagrees with Lytics' own `total` fails here; nothing is written.
 2. **plan_changes** - diff each snapshot against the last *committed* one (entered -> add,
    left -> remove), merge per user across audiences, add users Braze rejected last time, and
-   split into a bounded number of chunks.
-3. **deliver_chunk** (mapped per chunk, pool `braze_api`) - `POST /users/track` in batches of
+   split into a bounded number of chunks. The **guard** checks every audience: too many removes
+   (`max_remove_share`), a scan short of its total, too many members without the id field
+   (`max_missing_id_share`); its verdict and numbers go into the plan.
+3. **approve_changes** - only when the guard tripped: waits (state `awaiting_input`, no slot
+   held) for the on-call person under **Required actions**. Approve: deliver. Reject, or no
+   answer within `approval_timeout_hours`: the run fails, nothing sent, nothing committed.
+   Skipped when the guard did not trip (or on a dry run, or with `allow_large_change`).
+4. **deliver_chunk** (mapped per chunk, pool `braze_api`) - `POST /users/track` in batches of
    <= 75, paced by a client-side rate limiter that also obeys Braze's headers; checkpointed, so a
    cleared or killed task resumes.
-4. **commit** - only when every chunk is delivered (or dead-lettered) do the new snapshots
+5. **commit** - only when every chunk is delivered (or dead-lettered) do the new snapshots
    become the committed ones.
-5. **report** - members, adds, removes, skipped, requests, retries, dead-lettered, data points.
+6. **report** - members, adds, removes, skipped, requests, retries, dead-lettered, data points,
+   the guard's verdict.
 
 Params: `audiences` (subset), `dry_run` (plan and write payloads to a file, send and commit
-nothing), `full_resync` (re-send current membership, remove users who left).
+nothing), `full_resync` (re-send current membership, remove users who left),
+`allow_large_change` (a tripped guard is recorded but the run does not wait for approval).
 """
 
 from __future__ import annotations
@@ -48,6 +57,9 @@ BRAZE_PROFILES = Asset("braze_lytics://braze/lytics_segments")
         "dry_run": Param(False, type="boolean", description="Plan only: write the payloads to a file, send nothing"),
         "full_resync": Param(False, type="boolean",
                              description="Re-send current membership as adds; remove users who left"),
+        "allow_large_change": Param(False, type="boolean",
+                                    description="A known large change: do not wait for approval when the guard "
+                                                "trips (its verdict is still recorded and logged)"),
     },
 )
 def lytics_audiences_to_braze():
@@ -63,7 +75,10 @@ def lytics_audiences_to_braze():
     def plan_changes(scans, config: dict) -> list[int]:
         return audience_tasks.plan_changes(scans, config, get_current_context())
 
-    @task(pool="braze_api", map_index_template="{{ chunk_label }}", execution_timeout=timedelta(hours=4))
+    # Runs after approve_changes succeeded (approved) or was skipped (no approval needed); a rejected
+    # or timed-out approval fails approve_changes, which leaves every delivery and the commit unrun.
+    @task(pool="braze_api", map_index_template="{{ chunk_label }}", execution_timeout=timedelta(hours=4),
+          trigger_rule="none_failed")
     def deliver_chunk(chunk: int, config: dict) -> dict:
         return audience_tasks.deliver_chunk(chunk, config, get_current_context())
 
@@ -82,7 +97,11 @@ def lytics_audiences_to_braze():
     audiences = plan_audiences()
     config = audiences["config"]
     scans = snapshot_audience.partial(config=config).expand(audience=audiences)
-    delivered = deliver_chunk.partial(config=config).expand(chunk=plan_changes(scans, config))
-    delivered >> commit(config) >> report(config)
+    chunks = plan_changes(scans, config)
+    approval = audience_tasks.GuardApprovalOperator(task_id=audience_tasks.APPROVAL_TASK_ID)
+    delivered = deliver_chunk.partial(config=config).expand(chunk=chunks)
+    committed = commit(config)
+    chunks >> approval >> delivered >> committed >> report(config)
+    approval >> committed  # a failed approval stops the commit even when there is nothing to deliver
 
 lytics_audiences_to_braze()

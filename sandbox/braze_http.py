@@ -162,5 +162,6 @@ class BrazeHandler(BaseHTTPRequestHandler):
 
 class BrazeHttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a real API front end accepts bursts of connections (16 in flight x 4 tasks)
     allow_reuse_address = True
     sandbox: BrazeSandbox

@@ -12,6 +12,9 @@ purchase object pages:
 * Attributes objects are written to :class:`sandbox.braze_profiles.ProfileStore`; events and
   purchases are validated and counted, not stored.
 * Its own sliding-window rate limit: 3,000 requests per 3 seconds (Braze docs, "Rate limits").
+* ``response_delay`` (0 s; set it on ``sandbox.track``): every answer is held that long after the
+  request was counted and applied, like a distant or busy Braze as seen from the client (round
+  trips of tens of milliseconds); the rate limit still counts the request when it arrives.
 
 Also the sandbox-only read-back of the profiles (``GET /_sandbox/profiles``).
 """
@@ -19,6 +22,7 @@ Also the sandbox-only read-back of the profiles (``GET /_sandbox/profiles``).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -64,7 +68,8 @@ class UsersTrack:
     """The ``/users/track`` endpoint's settings, rate limit, counters and profile store.
 
     ``lock`` is the sandbox-wide lock; it guards ``stats`` (which ``BrazeSandbox`` also
-    updates for requests and injected faults). See ``BrazeSandbox`` for the options.
+    updates for requests and injected faults). See ``BrazeSandbox`` for the options, and the
+    module doc for ``response_delay`` (an attribute: ``sandbox.track.response_delay = 0.03``).
     """
 
     def __init__(
@@ -77,8 +82,10 @@ class UsersTrack:
         array_attributes: Iterable[str] = ("lytics_segments",),
         rate_limit: int = TRACK_RATE_LIMIT,
         rate_window: float = TRACK_RATE_WINDOW,
+        response_delay: float = 0.0,
     ) -> None:
         self._lock = lock
+        self.response_delay = response_delay  # seconds each answer is held (a simulated round trip)
         self.max_objects = max_objects
         self.invalid_external_ids = invalid_external_ids
         self.array_attributes = frozenset(array_attributes)
@@ -87,7 +94,14 @@ class UsersTrack:
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
 
     def handle(self, authorized: bool, headers, body: bytes) -> Response:
-        """One ``POST /users/track`` that no fault intercepted."""
+        """One ``POST /users/track`` that no fault intercepted (answered after ``response_delay``)."""
+        response = self._answer(authorized, headers, body)
+        delay = self.response_delay
+        if delay > 0:
+            time.sleep(delay)  # this request's own handler thread: other requests are not held up
+        return response
+
+    def _answer(self, authorized: bool, headers, body: bytes) -> Response:
         stats = self.stats
         if not authorized:
             with self._lock:

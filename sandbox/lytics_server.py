@@ -13,11 +13,18 @@ Auth: ``Authorization: <token>`` (raw -- ``Bearer <token>`` is refused) or, for 
 ``?key=<token>``. The token never appears in logs (the request log drops the query string).
 
 Scan cursors: ``start`` tokens are opaque (:mod:`sandbox.lytics_scan_tokens`: URL-safe base64
-of the audience id, the last user index served and the issue time, HMAC-signed with a
-per-process secret). They expire ``token_ttl`` seconds after the page that carried them was
-served (400 ``scan token expired``); a forged/truncated token, or one from another audience, is
-a 400 too. Pages are computed when served: a scan sees membership changes ahead of its cursor,
-never yields a user twice, and misses users added behind the cursor (like a live scan).
+of the audience id, the last user index served, the issue time and the scan's page counts,
+HMAC-signed with a per-process secret). They expire ``token_ttl`` seconds after the page that
+carried them was served (400 ``scan token expired``); a forged/truncated token, or one from
+another audience, is a 400 too. Pages are computed when served: a scan sees membership changes
+ahead of its cursor, never yields a user twice, and misses users added behind the cursor (like a
+live scan).
+
+Knobs for what a real Lytics account can do to a scan (each documented on its method):
+``empty_pages`` (pages with ``"data": []`` but a ``_next`` token), ``end_scans_after`` (a scan
+ends with ``"_next": ""`` although members remain), ``total_offset`` (a ``total`` that disagrees
+with the members), ``expire_tokens`` (every outstanding scan token expires now) and
+``rename_user_field`` (a user field renamed or removed from the account's schema).
 
 This module holds :class:`LyticsSandbox` (auth, routing, scans, test knobs) and the CLI; the HTTP
 plumbing is in :mod:`sandbox.lytics_http`, the optional rate limit in :mod:`sandbox.rate_window`,
@@ -39,6 +46,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote
@@ -46,7 +54,7 @@ from urllib.parse import parse_qs, unquote
 from sandbox.background_server import BackgroundHttpServer
 from sandbox.lytics_http import LyticsHandler, LyticsHttpServer, Response, error_response, json_response
 from sandbox.lytics_members import Audience, MembershipStore, user_record
-from sandbox.lytics_scan_tokens import TokenError, decode_token, encode_token
+from sandbox.lytics_scan_tokens import Cursor, TokenError, decode_token, encode_token
 from sandbox.rate_window import SlidingWindowLimiter
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "RESET", "Audience", "LyticsSandbox", "MembershipStore", "main"]
@@ -99,6 +107,11 @@ class LyticsSandbox(BackgroundHttpServer):
         self._requests: list[tuple[str, str, int]] = []
         self._fail_count = 0
         self._fail_status: int | str = 500
+        self._empty_pages: dict[str | None, tuple[int, int]] = {}  # audience id (None: any) -> (after, run)
+        self._end_after: dict[str | None, int] = {}  # audience id (None: any) -> pages
+        self._total_offset: dict[str | None, int] = {}  # audience id (None: any) -> delta
+        self._renamed: dict[str, str | None] = {}  # user field -> its new name (None: removed)
+        self._tokens_valid_from = 0.0
         self._limiter = SlidingWindowLimiter(rate_limit_per_sec, 1.0) if rate_limit_per_sec else None
         self._init_background()
         for a in audiences:
@@ -137,6 +150,60 @@ class LyticsSandbox(BackgroundHttpServer):
         with self._lock:
             self._fail_count = n
             self._fail_status = status
+
+    def empty_pages(self, run: int, after: int = 1, audience_id: str | None = None) -> None:
+        """In every scan (of ``audience_id``, or of any audience), once ``after`` pages with members
+        were served, serve ``run`` pages with ``"data": []`` and a non-empty ``_next`` (pointing at
+        the same place), then go on. ``run=0`` turns it off. Lytics scans walk the user table in
+        parts, so a page may hold no member of the audience and still not be the last."""
+        if run < 0 or after < 0:
+            raise ValueError("run and after must be >= 0")
+        with self._lock:
+            if run:
+                self._empty_pages[audience_id] = (after, run)
+            else:
+                self._empty_pages.pop(audience_id, None)
+
+    def end_scans_after(self, pages: int | None, audience_id: str | None = None) -> None:
+        """Scans (of ``audience_id``, or of any audience) end with ``"_next": ""`` after ``pages``
+        pages although members remain (``total`` still counts them all); None turns it off."""
+        if pages is not None and pages < 1:
+            raise ValueError("pages must be >= 1 (or None)")
+        with self._lock:
+            if pages is None:
+                self._end_after.pop(audience_id, None)
+            else:
+                self._end_after[audience_id] = pages
+
+    def total_offset(self, delta: int, audience_id: str | None = None) -> None:
+        """Scan pages report ``total`` = members + ``delta`` (a count that disagrees with the scan)."""
+        with self._lock:
+            if delta:
+                self._total_offset[audience_id] = delta
+            else:
+                self._total_offset.pop(audience_id, None)
+
+    def expire_tokens(self) -> None:
+        """Every scan token issued so far is refused from now on (400 ``scan token expired``), as
+        when a long scan outlives its cursor; scans started afterwards work."""
+        with self._lock:
+            self._tokens_valid_from = time.time()
+
+    def rename_user_field(self, old: str, new: str | None) -> None:
+        """Rename a user field account-wide (``new=None``: remove it): scans no longer return
+        ``old`` (asking for it in ``fields`` gives records without it) and return the values under
+        ``new`` instead; ``restore_user_fields`` undoes every rename."""
+        if new is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", new):
+            raise ValueError(f"not a field name: {new!r}")
+        with self._lock:
+            self._renamed[old] = new
+
+    def restore_user_fields(self) -> None:
+        with self._lock:
+            self._renamed.clear()
+
+    def _knob(self, knobs: dict, audience_id: str):
+        return knobs.get(audience_id, knobs.get(None))
 
     @property
     def requests(self) -> list[tuple[str, str, int]]:
@@ -231,24 +298,56 @@ class LyticsSandbox(BackgroundHttpServer):
         if raw_fields:
             fields = [f.strip() for f in raw_fields.split(",") if f.strip()]
         start = _param(params, "start")
-        after = -1
+        with self._lock:
+            not_before = self._tokens_valid_from
+            empty_knob = self._knob(self._empty_pages, audience.id)
+            end_after = self._knob(self._end_after, audience.id)
+            offset = self._knob(self._total_offset, audience.id) or 0
+            renamed = dict(self._renamed)
+        cursor = Cursor(-1)
         if start:
             try:
-                after = decode_token(self._secret, start, audience.id, self.token_ttl)
+                cursor = decode_token(self._secret, start, audience.id, self.token_ttl, not_before)
             except TokenError as e:
                 return error_response(400, str(e))
+        total = max(0, self.store.count(audience.id) + offset)
+        if empty_knob is not None:
+            after_pages, run = empty_knob
+            if cursor.pages >= after_pages and cursor.empty < run \
+                    and self.store.next_members(audience.id, cursor.last, 1):
+                token = encode_token(self._secret, audience.id, cursor.last, cursor.pages, cursor.empty + 1)
+                return json_response(200, {"message": "success", "_next": token, "total": total, "data": []})
 
-        page = self.store.next_members(audience.id, after, limit + 1)
+        page = self.store.next_members(audience.id, cursor.last, limit + 1)
         more = len(page) > limit
         page = page[:limit]
-        total = self.store.count(audience.id)
+        if end_after is not None and cursor.pages + 1 >= end_after:
+            more = False  # the scan "ends" here, members remain
         everyone = self.audiences
         data = []
         for i in page:
             segments = [a.slug for a in everyone if self.store.is_member(a.id, i)]
-            data.append(user_record(audience, i, segments, fields))
-        next_token = encode_token(self._secret, audience.id, page[-1]) if more else ""
+            data.append(_renamed_record(audience, i, segments, fields, renamed))
+        next_token = encode_token(self._secret, audience.id, page[-1], cursor.pages + 1, cursor.empty) if more else ""
         return json_response(200, {"message": "success", "_next": next_token, "total": total, "data": data})
+
+
+def _renamed_record(audience: Audience, i: int, segments: list[str], fields: list[str] | None,
+                    renamed: dict[str, str | None]) -> dict:
+    """``user_record`` as seen through the account's renamed fields (``old -> new``, None: removed)."""
+    if not renamed:
+        return user_record(audience, i, segments, fields)
+    back = {new: old for old, new in renamed.items() if new}
+    if fields is None:  # the default fields, under their current names
+        fields = [renamed.get(f, f) for f in audience.fields if renamed.get(f, f)]
+    wanted = [back.get(f, f) for f in fields if f in back or f not in renamed]
+    rec = user_record(audience, i, segments, wanted)
+    for old, new in renamed.items():
+        if old in rec:
+            value = rec.pop(old)
+            if new:
+                rec[new] = value
+    return rec
 
 
 def _param(params: dict[str, list[str]], name: str) -> str | None:

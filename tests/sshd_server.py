@@ -1,4 +1,5 @@
-"""A real OpenSSH ``sshd`` with chrooted SFTP-only users, for tests.
+"""A real OpenSSH ``sshd`` with chrooted SFTP-only users, for tests (users and processes: sshd_system.py;
+test-time directory and session tricks: sshd_dirs.py).
 
 Needs root and ``/usr/sbin/sshd`` (``apt-get install -y openssh-server``; ``.ci/run`` does this).
 
@@ -32,36 +33,40 @@ Usage::
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
-import grp
 import json
 import os
-import pwd
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-SSHD = Path("/usr/sbin/sshd")
-SSH_KEYGEN = "ssh-keygen"
-STATE_ROOT = Path("/var/lib/braze-lytics-tests")
-PASSWORD_FILE = STATE_ROOT / "bltest_password"
-GROUP = "bltest"
-PASSWORD_USER = "bltest_pw"
-KEY_USER = "bltest_key"
-USER_SHELL = "/usr/sbin/nologin"
-# Does not exist; sshd then stays in the chroot's "/" (it only warns outside a chroot).
-USER_HOME = "/nonexistent"
-SHARED_DIRS = ("upload", "inbound")
+from tests.sshd_dirs import TestDirsMixin
+from tests.sshd_system import (
+    KEY_USER,
+    PASSWORD_USER,
+    SSH_KEYGEN,
+    SSHD,
+    STATE_ROOT,
+    _alive,
+    _die_with_parent,
+    _ensure_state_root,
+    _ensure_users,
+    _free_port,
+    _machine_password,
+    _pids_with_arg,
+    _process_tree,
+    _remove_stale_base_dirs,
+    _run,
+    _signal,
+    _wait_gone,
+)
 
 _MISSING_HINT = "run `.ci/run`, which apt-installs openssh-server and runs the tests as root"
 
@@ -70,10 +75,6 @@ _UNSET = object()
 
 class SshdUnavailable(RuntimeError):
     """This machine cannot run a test sshd (not root, or openssh-server not installed)."""
-
-
-class MountUnavailable(RuntimeError):
-    """This machine does not let us mount a tmpfs (e.g. a container without CAP_SYS_ADMIN)."""
 
 
 def check_available() -> None:
@@ -92,208 +93,7 @@ def check_available() -> None:
         raise SshdUnavailable("A real sshd for tests needs " + ", ".join(missing) + f": {_MISSING_HINT}.")
 
 
-def _run(*cmd: str, input: str | None = None) -> str:
-    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(cmd)!r} failed with exit code {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
-        )
-    return proc.stdout
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ensure_state_root() -> None:
-    # Every component up to the chroot must be root-owned and not group/world-writable.
-    STATE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chown(STATE_ROOT, 0, 0)
-    os.chmod(STATE_ROOT, 0o755)
-
-
-def _machine_password() -> str:
-    """One random password per machine, stored root-only (0600) so parallel sessions agree on it."""
-    _ensure_state_root()
-    try:
-        fd = os.open(PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        password = PASSWORD_FILE.read_text().strip()
-        if password:
-            return password
-        fd = os.open(PASSWORD_FILE, os.O_WRONLY | os.O_TRUNC, 0o600)
-    password = secrets.token_urlsafe(24)  # no whitespace, no ':' (chpasswd's separator)
-    with os.fdopen(fd, "w") as f:
-        f.write(password + "\n")
-    return password
-
-
-def _ensure_group(name: str) -> None:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        proc = subprocess.run(["groupadd", "--system", name], capture_output=True, text=True, check=False)
-        if proc.returncode not in (0, 9):  # 9: already exists (created concurrently)
-            raise RuntimeError(f"groupadd {name} failed: {proc.stderr.strip()}") from None
-
-
-def _ensure_user(name: str) -> None:
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        proc = subprocess.run(
-            [
-                "useradd",
-                "--no-create-home",
-                "--home-dir",
-                USER_HOME,
-                "--shell",
-                USER_SHELL,
-                "--gid",
-                GROUP,
-                "--comment",
-                "braze-lytics test SFTP user",
-                name,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode not in (0, 9):  # 9: already exists
-            raise RuntimeError(f"useradd {name} failed: {proc.stderr.strip()}") from None
-        pw = pwd.getpwnam(name)
-    if pw.pw_gid != grp.getgrnam(GROUP).gr_gid or pw.pw_shell != USER_SHELL:
-        _run("usermod", "--gid", GROUP, "--shell", USER_SHELL, name)
-
-
-def _read_shadow_hash(user: str) -> str | None:
-    try:
-        for line in Path("/etc/shadow").read_text().splitlines():
-            fields = line.split(":")
-            if fields[0] == user:
-                return fields[1]
-    except OSError:
-        pass
-    return None
-
-
-def _ensure_users(password: str) -> None:
-    _ensure_group(GROUP)
-    _ensure_user(PASSWORD_USER)
-    _ensure_user(KEY_USER)
-    _run("chpasswd", input=f"{PASSWORD_USER}:{password}\n")
-    # useradd leaves the password as "!" (locked); with UsePAM no, sshd refuses *every* auth method,
-    # public keys included, for a locked account. "*" means "no password" without being "locked".
-    if _read_shadow_hash(KEY_USER) != "*":
-        _run("usermod", "--password", "*", KEY_USER)
-
-
-def _process_tree(root_pid: int) -> list[tuple[int, int]]:
-    """``(pid, depth)`` of every process below ``root_pid``, read from /proc.
-
-    sshd's per-connection children call setsid(), so a process-group kill would miss them.
-    """
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ..." — comm may contain spaces/parens, so split after the last ')'.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out: list[tuple[int, int]] = []
-    todo = [(root_pid, 0)]
-    while todo:
-        pid, depth = todo.pop()
-        for child in children.get(pid, []):
-            out.append((child, depth + 1))
-            todo.append((child, depth + 1))
-    return out
-
-
-def _descendants(root_pid: int) -> list[int]:
-    return [pid for pid, _ in _process_tree(root_pid)]
-
-
-def _pids_with_arg(needle: str) -> list[int]:
-    """PIDs whose command line contains ``needle`` (sshd re-execs itself with our ``-f CONFIG``)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            argv = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle.encode() in argv:
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as dead)."""
-    try:
-        state = Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _exists(pid: int) -> bool:
-    """True while ``pid`` has a /proc entry (zombies included, i.e. not yet reaped)."""
-    return Path("/proc", str(pid)).exists()
-
-
-def _wait_gone(pids: list[int], timeout: float, check=_exists) -> None:
-    deadline = time.monotonic() + timeout
-    while any(check(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # If the test process dies without running stop() (SIGKILL, SIGTERM), the kernel sends sshd SIGTERM.
-    # Caveat: "parent" is the *thread* that forked; start servers from a thread that outlives them.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _remove_stale_base_dirs(min_age: float = 120.0) -> None:
-    """Remove base dirs left by killed sessions (no live sshd using their config). Young dirs may
-    belong to a session that is starting right now, so they are left alone."""
-    for d in STATE_ROOT.glob("sshd-*"):
-        config = str(d / "sshd_config")
-        try:
-            pid = int((d / "sshd.pid").read_text().strip())
-        except (OSError, ValueError):
-            pid = None
-        if pid is not None and _alive(pid) and pid in _pids_with_arg(config):
-            continue
-        try:
-            if time.time() - d.stat().st_mtime < min_age:
-                continue
-        except OSError:
-            continue
-        _signal(_pids_with_arg(config), signal.SIGKILL)
-        shutil.rmtree(d, ignore_errors=True)
-
-
-class OpenSshServer:
+class OpenSshServer(TestDirsMixin):
     """A throwaway OpenSSH sshd on 127.0.0.1 with two chrooted, SFTP-only users."""
 
     host = "127.0.0.1"
@@ -532,88 +332,6 @@ Match User {users}
             self.base = None
 
     # -- helpers for tests ---------------------------------------------------------------------
-    def empty_shared_dirs(self) -> None:
-        """Remove everything inside ``chroot/upload`` and ``chroot/inbound`` (the dirs stay)."""
-        gid = grp.getgrnam(GROUP).gr_gid
-        for name in SHARED_DIRS:
-            d = self.chroot / name
-            d.mkdir(exist_ok=True)  # a test may have removed it locally
-            os.chown(d, 0, gid)
-            os.chmod(d, 0o2775)
-            for child in d.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-
-    @contextlib.contextmanager
-    def tmpfs_dir(
-        self, name: str, *, size: str = "2m", owner: str = PASSWORD_USER, read_only: bool = False
-    ) -> Iterator[Path]:
-        """A small tmpfs mounted at ``chroot/<name>`` (remote ``/<name>``), owned by ``owner``, mode 0755.
-
-        For real "disk full" (ENOSPC: write more than ``size``) and read-only filesystem (EROFS:
-        ``read_only=True``) tests. Unmounted (lazily if busy) and removed on exit. Raises
-        :class:`MountUnavailable` when mounting is not permitted here.
-        """
-        path = self.chroot / name
-        path.mkdir()
-        pw = pwd.getpwnam(owner)
-        options = f"size={size},mode=0755,uid={pw.pw_uid},gid={pw.pw_gid}" + (",ro" if read_only else "")
-        proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            path.rmdir()
-            raise MountUnavailable(f"cannot mount a tmpfs at {path}: {(proc.stderr or proc.stdout).strip()}")
-        try:
-            yield path
-        finally:
-            if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
-    @contextlib.contextmanager
-    def extra_dir(self, name: str, *, owner: str = "root", mode: int = 0o755) -> Iterator[Path]:
-        """A plain directory ``chroot/<name>`` (remote ``/<name>``) with this owner (group ``bltest``) and mode.
-
-        E.g. the default (root-owned 0755) is read-only for the test users; ``0o1777`` is a sticky
-        directory where they cannot replace files of other owners. Removed with its content on exit.
-        """
-        path = self.chroot / name
-        path.mkdir()
-        os.chown(path, pwd.getpwnam(owner).pw_uid, grp.getgrnam(GROUP).gr_gid)
-        os.chmod(path, mode)
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-
-    def signal_sessions(
-        self, user: str = PASSWORD_USER, *, what: str = "internal-sftp", sig: int = signal.SIGKILL
-    ) -> list[int]:
-        """Send ``sig`` to this server's per-connection processes running as ``user`` whose command line has ``what``.
-
-        ``"internal-sftp"`` is the SFTP subsystem alone: killing it closes the channel while the SSH connection
-        stays up; ``"@notty"`` is the whole connection; ``"bltest_pw@"`` both. A client that next sends on the
-        closed channel gets paramiko's ``OSError("Socket is closed")``; one blocked reading gets ``EOFError`` /
-        ``SSHException``. Returns the pids signalled.
-        """
-        uid = pwd.getpwnam(user).pw_uid
-        hit = []
-        for pid, _depth in _process_tree(self.pid or -1):
-            try:
-                if os.stat(f"/proc/{pid}").st_uid != uid:
-                    continue
-                if what.encode() not in Path("/proc", str(pid), "cmdline").read_bytes():
-                    continue
-                os.kill(pid, sig)
-                hit.append(pid)
-            except (OSError, ProcessLookupError):
-                continue
-        return hit
-
     def conn_json(
         self,
         user: str,

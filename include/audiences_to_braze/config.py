@@ -21,6 +21,8 @@ from include.clients.braze.limits import (
     RATE_LIMIT_SECONDS,
 )
 from include.clients.lytics.scan import MAX_LIMIT as LYTICS_MAX_PAGE
+from include.clients.lytics.scan import TOTAL_TOLERANCE_MEMBERS as LYTICS_TOTAL_TOLERANCE_MEMBERS
+from include.clients.lytics.scan import TOTAL_TOLERANCE_SHARE as LYTICS_TOTAL_TOLERANCE_SHARE
 from include.common.config_file import read_yaml, unknown_keys
 from include.common.errors import ConfigError
 
@@ -50,6 +52,12 @@ class AudienceSyncConfig:
     max_chunks: int = 16
     min_chunk_users: int = 5000
     delivery_concurrency: int = 4  # slots of the `braze_api` pool: the rate budget is split this many ways
+    # The guard (guard.py): a run whose changes look like a broken source waits for a person's approval.
+    max_remove_share: float = 0.10  # removes / committed members of an audience above this -> approval
+    max_missing_id_share: float = 0.05  # members without `id_field` / members read above this -> approval
+    scan_total_tolerance_share: float = LYTICS_TOTAL_TOLERANCE_SHARE  # members read vs Lytics' `total`:
+    scan_total_tolerance_members: int = LYTICS_TOTAL_TOLERANCE_MEMBERS  # max(share * total, members) apart
+    approval_timeout_hours: float = 12.0  # no answer within this long -> the run fails, nothing sent
 
     def select(self, slugs: list[str] | None) -> list[AudienceRef]:
         if not slugs:
@@ -77,6 +85,10 @@ class AudienceSyncConfig:
 
 # Keys of the `lytics_to_braze:` section besides `audiences`, with their defaults (written once, above).
 SETTING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(AudienceSyncConfig) if f.name not in ("path", "audiences")}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def load_audience_config(path: Path | str | None = None) -> AudienceSyncConfig:
@@ -113,6 +125,18 @@ def parse_audience_config(section: dict, path: Path) -> AudienceSyncConfig:
     for key in ("existing_users", "update_existing_only"):
         if not isinstance(opts[key], bool):
             errors.append(f"{where}.{key}: must be true or false")
+    for key in ("max_remove_share", "max_missing_id_share"):
+        if not _is_number(opts[key]) or not 0 <= opts[key] <= 1:
+            errors.append(f"{where}.{key}: must be a share from 0 to 1 (e.g. 0.10 for 10%), got {opts[key]!r}")
+    if not _is_number(opts["scan_total_tolerance_share"]) or not 0 <= opts["scan_total_tolerance_share"] < 1:
+        errors.append(f"{where}.scan_total_tolerance_share: must be a share from 0 to below 1 (e.g. 0.01 for 1%), "
+                      f"got {opts['scan_total_tolerance_share']!r}")
+    members = opts["scan_total_tolerance_members"]
+    if not isinstance(members, int) or isinstance(members, bool) or members < 0:
+        errors.append(f"{where}.scan_total_tolerance_members: must be a whole number of members >= 0, got {members!r}")
+    if not _is_number(opts["approval_timeout_hours"]) or not 0 < opts["approval_timeout_hours"] <= 24 * 7:
+        errors.append(f"{where}.approval_timeout_hours: must be a number of hours above 0 and at most 168 (a week), "
+                      f"got {opts['approval_timeout_hours']!r}")
 
     audiences: list[AudienceRef] = []
     raw_list = section.get("audiences")

@@ -10,12 +10,17 @@ chunk of the run is delivered in the same shape even if the configuration change
 
 Users Braze rejected in earlier runs (dead letters) are merged into the plan; this run's own
 decision for a user and audience wins over an older one.
+
+Every audience's changes go through the guard (`guard.py`) before the plan is written: its
+verdict and numbers are part of plan.json (`guard`, and `audiences.<slug>.guard`), and the DAG
+waits for a person's approval before delivering a plan whose guard tripped. A scan that does not
+add up never gets this far: the Lytics client raises and no snapshot is written.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
@@ -29,6 +34,7 @@ from include.audiences_to_braze.diff import (
     merge_changes,
     split_chunks,
 )
+from include.audiences_to_braze.guard import SAMPLE_REMOVED, GuardLimits, check_audience, describe, verdict
 from include.audiences_to_braze.snapshot import committed_ids, read_snapshot, write_snapshot
 from include.clients.state_store import StateStore
 
@@ -46,12 +52,17 @@ class PlanOptions:
     dry_run: bool = False
     max_chunks: int = SETTING_DEFAULTS["max_chunks"]
     min_chunk_users: int = SETTING_DEFAULTS["min_chunk_users"]
+    guard: GuardLimits = field(default_factory=GuardLimits)
+    allow_large_change: bool = False  # run param: a tripped guard is recorded, but the run does not wait
+    id_field: str = SETTING_DEFAULTS["id_field"]  # named in the guard's findings
 
     @classmethod
     def for_run(cls, config: AudienceSyncConfig, params: dict) -> PlanOptions:
         return cls(attribute=config.attribute, batch_size=config.batch_size, existing_users=config.existing_users,
                    full_resync=bool(params.get("full_resync")), dry_run=bool(params.get("dry_run")),
-                   max_chunks=config.max_chunks, min_chunk_users=config.min_chunk_users)
+                   max_chunks=config.max_chunks, min_chunk_users=config.min_chunk_users,
+                   guard=GuardLimits.from_config(config), allow_large_change=bool(params.get("allow_large_change")),
+                   id_field=config.id_field)
 
 
 def snapshot_audience(store: StateStore, run_key: str, audience: AudienceRef, scan) -> dict:
@@ -62,10 +73,12 @@ def snapshot_audience(store: StateStore, run_key: str, audience: AudienceRef, sc
         log.info("Audience %s already scanned in this run (%d members); reusing the snapshot",
                  audience.slug, meta["members"])
         return meta
-    result = scan(audience.id)
+    result = scan(audience.id)  # a scan that does not add up raises here: nothing is written
     key = write_snapshot(store, audience.slug, run_key, result.ids)
     meta = {"slug": audience.slug, "snapshot": key, "members": len(result.ids),
-            "skipped_no_id": result.skipped_no_id, "pages": result.pages, "scan_retries": result.retries}
+            "skipped_no_id": result.skipped_no_id, "pages": result.pages, "scan_retries": result.retries,
+            "members_seen": result.members_seen, "total_first": result.total_first, "total_last": result.total_last,
+            "empty_pages": result.empty_pages}
     store.write_json(marker, meta)
     log.info("Audience %s: %d members with an id, %d skipped without one (%d pages)", audience.slug,
              meta["members"], meta["skipped_no_id"], meta["pages"])
@@ -109,9 +122,15 @@ def plan_changes(store: StateStore, run_key: str, scans: list[dict], options: Pl
         diff = diff_audience(slug, current, previous, existing_users=options.existing_users,
                              full_resync=options.full_resync)
         changes.append(diff)
+        guard = check_audience(
+            slug, members_before=None if previous is None else len(previous), members_after=len(current),
+            members_read=scan.get("members_seen", scan["members"] + scan["skipped_no_id"]),
+            missing_ids=scan["skipped_no_id"], adds=len(diff.adds), removes=len(diff.removes),
+            sample_removed=diff.removes.slice(0, SAMPLE_REMOVED).to_pylist(), total_first=scan.get("total_first"),
+            total_last=scan.get("total_last"), id_field=options.id_field, limits=options.guard)
         per_audience[slug] = {"members": scan["members"], "skipped_no_id": scan["skipped_no_id"],
                               "adds": len(diff.adds), "removes": len(diff.removes),
-                              "first_run": previous is None}
+                              "first_run": previous is None, "guard": guard}
     table = merge_changes(changes)
     dead_keys, dead = _dead_letters(store)
     if dead is not None and dead.num_rows:
@@ -130,12 +149,17 @@ def plan_changes(store: StateStore, run_key: str, scans: list[dict], options: Pl
         "dry_run": options.dry_run,
         "payload_file": None,
         "options": asdict(options),
+        "guard": verdict({slug: a["guard"] for slug, a in per_audience.items()}, options.guard,
+                         allow_large_change=options.allow_large_change, dry_run=options.dry_run),
     }
     if options.dry_run:
         plan["payload_file"] = _write_planned_payloads(store, run_key, table, options)
     store.write_json(plan_key, plan)
     log.info("Plan: %d user(s) to update in %d chunk(s), ~%d data points; %s", plan["users"], plan["chunks"],
-             plan["estimated_data_points"], per_audience)
+             plan["estimated_data_points"],
+             {slug: {k: v for k, v in a.items() if k != "guard"} for slug, a in per_audience.items()})
+    if plan["guard"]["tripped"]:
+        log.warning("The guard tripped (approval: %s):\n%s", plan["guard"]["approval"], describe(plan))
     return plan
 
 

@@ -304,6 +304,66 @@ def test_requests_log(http, sb):
     assert sb.requests == [("GET", "/api/segment/aud_small/scan", 200), ("GET", "/api/segment/nope", 404)]
 
 
+
+# ---------------------------------------------------------------------- scan knobs (what Lytics may do)
+def test_empty_pages_carry_a_next_token_and_the_scan_goes_on(http):
+    with LyticsSandbox(TOKEN, [SMALL, OTHER]) as sb:
+        sb.empty_pages(2, after=3, audience_id=SMALL.id)
+        records, pages = _scan_all(http, sb, "small_aud")
+        assert [len(p["data"]) for p in pages] == [100, 100, 100, 0, 0] + [100] * 9 + [34]
+        assert all(p["_next"] for p in pages[:-1]) and all(p["total"] == 1_234 for p in pages)
+        assert [r["braze_id"] for r in records] == [braze_id(i) for i in sb.store.members(SMALL.id)]
+        assert [len(p["data"]) for p in _scan_all(http, sb, "other_aud")[1]] == [100] * 7  # other audiences: unaffected
+        sb.empty_pages(1, after=0)  # every audience, before the first page
+        assert [len(p["data"]) for p in _scan_all(http, sb, "other_aud")[1]] == [0] + [100] * 7
+        sb.empty_pages(0)
+        sb.empty_pages(0, audience_id=SMALL.id)
+        assert len(_scan_all(http, sb, "small_aud")[1]) == 13
+
+
+def test_a_scan_can_end_early_and_the_total_can_disagree(http):
+    with LyticsSandbox(TOKEN, [SMALL]) as sb:
+        sb.end_scans_after(4)
+        records, pages = _scan_all(http, sb, "small_aud")
+        assert len(pages) == 4 and len(records) == 400 and pages[-1]["_next"] == ""
+        assert pages[-1]["total"] == 1_234  # the total still counts every member
+        sb.end_scans_after(None)
+        sb.total_offset(-34, audience_id=SMALL.id)
+        records, pages = _scan_all(http, sb, "small_aud")
+        assert len(records) == 1_234 and {p["total"] for p in pages} == {1_200}
+        with pytest.raises(ValueError):
+            sb.end_scans_after(0)
+
+
+def test_expire_tokens_refuses_every_outstanding_token(http):
+    with LyticsSandbox(TOKEN, [SMALL]) as sb:
+        start = _get(http, sb, "/api/segment/small_aud/scan").json()["_next"]
+        sb.expire_tokens()
+        r = _get(http, sb, "/api/segment/small_aud/scan", start=start)
+        assert r.status_code == 400 and r.json() == {"status": 400, "message": "scan token expired"}
+        fresh = _get(http, sb, "/api/segment/small_aud/scan").json()["_next"]  # a new scan works
+        assert _get(http, sb, "/api/segment/small_aud/scan", start=fresh).status_code == 200
+
+
+def test_a_renamed_or_removed_user_field(http):
+    with LyticsSandbox(TOKEN, [SMALL]) as sb:
+        sb.rename_user_field("braze_id", "braze_external_id")
+        body = _get(http, sb, "/api/segment/small_aud/scan", fields="braze_id").json()
+        assert body["total"] == 1_234
+        assert all(set(r) == {"segments"} for r in body["data"])  # asked for the old name: not there
+        body = _get(http, sb, "/api/segment/small_aud/scan", fields="braze_external_id,email").json()
+        first = sb.store.next_members(SMALL.id, -1, 1)[0]
+        assert body["data"][0]["braze_external_id"] == braze_id(first) and "email" in body["data"][0]
+        default = _get(http, sb, "/api/segment/small_aud/scan").json()["data"][0]
+        assert set(default) == {"braze_external_id", "email", "first_name", "segments"}
+        sb.rename_user_field("email", None)  # removed from the schema
+        assert set(_get(http, sb, "/api/segment/small_aud/scan").json()["data"][0]) == {
+            "braze_external_id", "first_name", "segments"}
+        sb.restore_user_fields()
+        assert set(_get(http, sb, "/api/segment/small_aud/scan", fields="braze_id").json()["data"][0]) == {
+            "braze_id", "segments"}
+
+
 # ---------------------------------------------------------------------- CLI
 def test_cli_serves(http):
     import socket

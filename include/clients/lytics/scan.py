@@ -11,6 +11,17 @@ again with the *same* ``start`` token, so the scan resumes where it was; only wh
 the token has expired does it start over, a bounded number of times. The ids are gathered in
 pyarrow chunks, never as millions of Python strings, so 10M members fit in a few hundred MB.
 
+A scan must add up before anything may use it (an incomplete scan reads as "these users left
+the audience", and the pipeline would remove them from Braze):
+
+* only ``"_next": ""`` ends a scan: a page with no members but a ``_next`` token is skipped
+  over, and a run of more than ``max_empty_pages`` of them in a row is an
+  :class:`InconsistentScanError` (the scan is not progressing);
+* the members read are compared with the ``total`` Lytics reports (taken from the first and the
+  last page, as membership may change during a long scan): outside ``[min(totals) - tolerance,
+  max(totals) + tolerance]``, tolerance ``max(1% of the total, 10 members)`` by default, the scan
+  is an :class:`InconsistentScanError` and no result is returned at all.
+
 Example::
 
     client = LyticsClient("https://api.lytics.io", token)
@@ -21,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +53,9 @@ log = logging.getLogger(__name__)
 
 MAX_LIMIT = 100  # Lytics rejects larger scan pages (400)
 MAX_RESTARTS = 3  # scans started over after an expired start token, before giving up
+MAX_EMPTY_PAGES = 25  # pages in a row with no members but a `_next` token, before the scan is declared stuck
+TOTAL_TOLERANCE_SHARE = 0.01  # members read may differ from Lytics' `total` by this share of it ...
+TOTAL_TOLERANCE_MEMBERS = 10  # ... or by this many members, whichever is larger
 _IDS_PER_CHUNK = 100_000  # ids held as Python strings before they move into one pyarrow chunk
 _PROGRESS_EVERY = 10_000  # pages between progress log lines (1M members at limit=100)
 _AUTH_HINT = (
@@ -59,6 +74,10 @@ class ScanResult:
       or not a string/integer): they are left out, not guessed.
     * ``pages``, ``retries``, ``restarts`` -- effort over all passes: pages read, failed
       requests retried, and passes started over because a ``start`` token expired.
+    * ``total_first``, ``total_last`` -- the ``total`` Lytics reported on the first and the last
+      page of the final pass (None when it reported none); ``members_seen`` was checked against
+      them.
+    * ``empty_pages`` -- pages of the final pass that held no member but a ``_next`` token.
     """
 
     ids: pa.Array
@@ -67,6 +86,44 @@ class ScanResult:
     pages: int
     retries: int
     restarts: int
+    total_first: int | None = None
+    total_last: int | None = None
+    empty_pages: int = 0
+
+
+class InconsistentScanError(PermanentError):
+    """A scan that does not add up: its members disagree with Lytics' own ``total``, or it stopped
+    progressing (empty pages without end). Nothing of it is returned, so nothing can use it."""
+
+    def __init__(self, message: str, *, audience: str, members_read: int, total_first: int | None = None,
+                 total_last: int | None = None):
+        super().__init__(message)
+        self.audience = audience
+        self.members_read = members_read
+        self.total_first = total_first
+        self.total_last = total_last
+
+
+def total_tolerance(total: int, share: float = TOTAL_TOLERANCE_SHARE, members: int = TOTAL_TOLERANCE_MEMBERS) -> int:
+    """How far the members read may be from ``total``: ``max(ceil(share * total), members)``."""
+    return max(math.ceil(share * max(total, 0)), members)
+
+
+def total_mismatch(members_read: int, total_first: int | None, total_last: int | None, *,
+                   share: float = TOTAL_TOLERANCE_SHARE, members: int = TOTAL_TOLERANCE_MEMBERS) -> str | None:
+    """Why ``members_read`` disagrees with the scan's totals beyond the tolerance, or None if it agrees
+    (or no total is known). Membership may change during a scan, so anything between the two
+    totals (widened by the tolerance) is accepted."""
+    totals = [t for t in (total_first, total_last) if t is not None]
+    if not totals:
+        return None
+    low, high = min(totals), max(totals)
+    tolerance = total_tolerance(high, share, members)
+    if low - tolerance <= members_read <= high + tolerance:
+        return None
+    reported = f"{low:,}" if low == high else f"{total_first:,} (first page) and {total_last:,} (last page)"
+    return (f"read {members_read:,} members but Lytics reported a total of {reported}; at most {tolerance:,} "
+            f"difference is accepted (max({share:.0%} of the total, {members} members))")
 
 
 class _TokenExpired(Exception):
@@ -103,13 +160,25 @@ class LyticsClient:
         self.session.headers.update({"Authorization": token.strip(), "Accept": "application/json"})
 
     # ------------------------------------------------------------------ scan
-    def scan_ids(self, segment_id: str, id_field: str = "braze_id", *, limit: int = MAX_LIMIT) -> ScanResult:
+    def scan_ids(self, segment_id: str, id_field: str = "braze_id", *, limit: int = MAX_LIMIT,
+                 total_tolerance_share: float = TOTAL_TOLERANCE_SHARE,
+                 total_tolerance_members: int = TOTAL_TOLERANCE_MEMBERS,
+                 max_empty_pages: int = MAX_EMPTY_PAGES) -> ScanResult:
         """Every member's ``id_field`` value, unique and sorted, with counts of what was read.
 
-        ``limit`` is the page size (1..100; larger pages mean fewer requests).
+        ``limit`` is the page size (1..100; larger pages mean fewer requests). The scan must agree
+        with Lytics' ``total`` within ``max(total_tolerance_share * total, total_tolerance_members)``
+        and may not return more than ``max_empty_pages`` empty pages in a row; otherwise
+        :class:`InconsistentScanError` is raised and no result is returned.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise ConfigError(f"Lytics scan limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+        if not 0 <= total_tolerance_share < 1 or isinstance(total_tolerance_members, bool) \
+                or not isinstance(total_tolerance_members, int) or total_tolerance_members < 0:
+            raise ConfigError(f"Lytics scan total tolerance must be a share in [0, 1) and a member count >= 0, got "
+                              f"{total_tolerance_share!r} and {total_tolerance_members!r}")
+        if isinstance(max_empty_pages, bool) or not isinstance(max_empty_pages, int) or max_empty_pages < 1:
+            raise ConfigError(f"max_empty_pages must be a positive integer, got {max_empty_pages!r}")
         if not isinstance(id_field, str) or not id_field.strip():
             raise ConfigError(f"the Lytics id field to scan must be a field name, got {id_field!r}")
         _segment_path(segment_id)  # a bad id is a ConfigError now, not after the first request
@@ -118,7 +187,7 @@ class LyticsClient:
         restarts = 0
         while True:
             try:
-                ids, seen, skipped = self._scan_pass(segment_id, id_field, limit, effort)
+                scan = self._scan_pass(segment_id, id_field, limit, max_empty_pages, effort)
                 break
             except _TokenExpired:
                 if restarts == MAX_RESTARTS:
@@ -130,18 +199,39 @@ class LyticsClient:
                 restarts += 1
                 log.warning("Lytics scan token of audience %r expired after %d pages; starting the scan over "
                             "(%d of at most %d)", segment_id, effort.pages, restarts, MAX_RESTARTS)
+        seen, skipped = scan.seen, scan.skipped
+        problem = total_mismatch(seen, scan.total_first, scan.total_last, share=total_tolerance_share,
+                                 members=total_tolerance_members)
+        if problem:
+            raise InconsistentScanError(
+                f"scan of Lytics audience {segment_id!r} does not add up: {problem}. The scan is incomplete "
+                f"(or Lytics' count is wrong), so it was not used: nothing was written and no member is "
+                f"removed because of it. Scan again later; if it keeps failing, report the audience and these "
+                f"numbers to Lytics support. If the audience really changes by more than that during one scan, "
+                f"raise scan_total_tolerance_share / scan_total_tolerance_members.",
+                audience=segment_id, members_read=seen, total_first=scan.total_first, total_last=scan.total_last)
+        if scan.total_first is None and scan.total_last is None:
+            log.warning("Lytics audience %r: the scan reported no 'total'; the %d members read could not be checked "
+                        "against it", segment_id, seen)
         if skipped:
             log.warning("Lytics audience %r: %d of %d members have no usable %r and were left out",
                         segment_id, skipped, seen, id_field)
-        log.info("Scanned Lytics audience %r in %.1fs: %d members, %d unique ids, %d pages, %d retries, %d restarts",
-                 segment_id, time.monotonic() - began, seen, len(ids), effort.pages, effort.retries, restarts)
-        return ScanResult(ids=ids, members_seen=seen, skipped_no_id=skipped, pages=effort.pages,
-                          retries=effort.retries, restarts=restarts)
+        log.info("Scanned Lytics audience %r in %.1fs: %d members (Lytics' total: %s), %d unique ids, %d pages "
+                 "(%d empty), %d retries, %d restarts", segment_id, time.monotonic() - began, seen,
+                 scan.total_last if scan.total_last is not None else "none", len(scan.ids), effort.pages,
+                 scan.empty_pages, effort.retries, restarts)
+        return ScanResult(ids=scan.ids, members_seen=seen, skipped_no_id=skipped, pages=effort.pages,
+                          retries=effort.retries, restarts=restarts, total_first=scan.total_first,
+                          total_last=scan.total_last, empty_pages=scan.empty_pages)
 
-    def _scan_pass(self, segment_id: str, id_field: str, limit: int, effort: _Effort) -> tuple[pa.Array, int, int]:
-        """One pass from the first page to the last: (unique sorted ids, members seen, skipped)."""
+    def _scan_pass(self, segment_id: str, id_field: str, limit: int, max_empty_pages: int,
+                   effort: _Effort) -> _Pass:
+        """One pass from the first page to the last (the one whose ``_next`` is empty)."""
         ids = _IdChunks()
         seen = skipped = 0
+        empty = empty_run = 0
+        total_first = total_last = None
+        pass_began = effort.pages
         start = ""
         path = _segment_path(segment_id) + "/scan"
         while True:
@@ -157,7 +247,12 @@ class LyticsClient:
                     f"Lytics answered a scan page of audience {segment_id!r} without a 'data' list or "
                     f"'_next' token: {str(body)[:200]}"
                 )
+            first_page = effort.pages == pass_began
             effort.pages += 1
+            total = _total(body.get("total"))
+            if first_page:
+                total_first = total
+            total_last = total
             if effort.pages % _PROGRESS_EVERY == 0:
                 log.info("Lytics audience %r: %d pages, %d members read so far", segment_id, effort.pages, seen)
             for member in data:
@@ -167,10 +262,25 @@ class LyticsClient:
                     skipped += 1
                 else:
                     ids.append(value)
-            if not next_start or not data:
-                return ids.unique_sorted(), seen, skipped
-            if next_start == start:  # a server bug would otherwise loop forever
-                raise PermanentError(f"Lytics returned the same scan token twice for audience {segment_id!r}")
+            if not next_start:  # only an empty `_next` ends a scan; an empty page does not
+                return _Pass(ids.unique_sorted(), seen, skipped, total_first, total_last, empty)
+            if data:
+                empty_run = 0
+                if next_start == start:  # the same page again: a server bug that would loop forever
+                    raise PermanentError(f"Lytics returned the same scan token twice for audience {segment_id!r}")
+            else:
+                empty += 1
+                empty_run += 1
+                if empty_run > max_empty_pages:
+                    raise InconsistentScanError(
+                        f"scan of Lytics audience {segment_id!r} is not progressing: {empty_run} pages in a row held "
+                        f"no member but a '_next' token (after {seen:,} members; Lytics' total: "
+                        f"{total_last if total_last is not None else 'not reported'}). The scan was abandoned and "
+                        f"not used: nothing was written and no member is removed because of it. Scan again later; "
+                        f"if it keeps happening, report the audience to Lytics support.",
+                        audience=segment_id, members_read=seen, total_first=total_first, total_last=total_last)
+                log.info("Lytics audience %r: page %d held no member but a '_next' token; reading on",
+                         segment_id, effort.pages)
             start = next_start
 
     # ------------------------------------------------------------------ one GET
@@ -208,6 +318,18 @@ class LyticsClient:
         if status == 400:
             raise _TokenExpired()
         return body
+
+
+@dataclass
+class _Pass:
+    """What one complete pass read."""
+
+    ids: pa.Array
+    seen: int
+    skipped: int
+    total_first: int | None
+    total_last: int | None
+    empty_pages: int
 
 
 @dataclass
@@ -264,6 +386,13 @@ def _segment_path(id_or_slug: str) -> str:
     if not isinstance(id_or_slug, str) or not id_or_slug.strip():
         raise ConfigError(f"Lytics audience id/slug must be a non-empty string, got {id_or_slug!r}")
     return f"/api/segment/{quote(id_or_slug.strip(), safe='')}"
+
+
+def _total(value: object) -> int | None:
+    """A page's ``total`` when it is a member count, else None (not reported, or not a number)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _usable_id(value: object) -> str | None:

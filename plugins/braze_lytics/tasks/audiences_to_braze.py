@@ -2,22 +2,30 @@
 
     plan_audiences     -> include.audiences_to_braze.config (read once: the run's frozen configuration)
     snapshot_audience  -> hooks.lytics (scan) -> include.audiences_to_braze.planning.snapshot_audience
-    plan_changes       -> include.audiences_to_braze.planning.plan_changes (diff, merge, chunks)
+    plan_changes       -> include.audiences_to_braze.planning.plan_changes (diff, merge, chunks, guard)
+    approve_changes    -> GuardApprovalOperator: the providers' ApprovalOperator, asked only when the
+                          plan's guard tripped (include.audiences_to_braze.guard words the request)
     deliver_chunk      -> hooks.braze (/users/track) -> include.audiences_to_braze.delivery.deliver_chunk
     commit, report     -> include.audiences_to_braze.commit
 
 The configuration is read once, by `plan_audiences`, and travels to every later task through
 XCom: a task cleared after someone edited the YAML still runs with the settings its run was
-planned with (batch size, rate budget, state store, ...).
+planned with (batch size, rate budget, state store, approval timeout, ...).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 
 from braze_lytics.failures import fail_fast_on_permanent_errors
 
 log = logging.getLogger(__name__)
+
+APPROVAL_TASK_ID = "approve_changes"
+DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=12)  # replaced at run time by the run's `approval_timeout_hours`
 
 
 def _frozen(config: dict):
@@ -69,7 +77,10 @@ def snapshot_audience(audience: dict, config: dict, context) -> dict:
         cfg = _frozen(config)
         client = LyticsHook(cfg.lytics_conn_id).get_conn()
         return snapshot(state_store(cfg), _run_key(context), AudienceRef(**audience),
-                        lambda audience_id: client.scan_ids(audience_id, cfg.id_field, limit=cfg.scan_page_size))
+                        lambda audience_id: client.scan_ids(
+                            audience_id, cfg.id_field, limit=cfg.scan_page_size,
+                            total_tolerance_share=cfg.scan_total_tolerance_share,
+                            total_tolerance_members=cfg.scan_total_tolerance_members))
 
 
 def plan_changes(scans: list[dict], config: dict, context) -> list[int]:
@@ -85,6 +96,104 @@ def plan_changes(scans: list[dict], config: dict, context) -> list[int]:
     return list(range(result["chunks"]))
 
 
+# ---------------------------------------------------------------------------------------- approval
+def approval_request(config: dict, context) -> dict | None:
+    """What `approve_changes` asks the on-call person, or None when the run need not wait.
+
+    It waits only when the plan's guard tripped on a real run without `allow_large_change`; the
+    verdict is logged whatever happens.
+    """
+    from include.audiences_to_braze import guard, run_files
+
+    with fail_fast_on_permanent_errors():
+        cfg = _frozen(config)
+        store = state_store(cfg)
+        key = run_files.plan_key(_run_key(context))
+        plan = store.read_json(key)
+    verdict = plan.get("guard")
+    if verdict is None:  # planned before the guard existed (a run in flight during an upgrade)
+        log.warning("This run's plan has no guard verdict (planned by an older version); not asking for approval")
+        return None
+    if not verdict["tripped"]:
+        log.info("Guard: every audience is within the limits %s; no approval needed", verdict["limits"])
+        return None
+    findings = guard.describe(plan)
+    if verdict["approval"] != "required":
+        log.warning("Guard tripped, but this run does not wait (%s):\n%s", verdict["approval"], findings)
+        return None
+    log.warning("Guard tripped; waiting for approval under Required actions (at most %g h):\n%s",
+                cfg.approval_timeout_hours, findings)
+    return {"subject": guard.approval_subject(plan),
+            "body": guard.approval_body(plan, timeout_hours=cfg.approval_timeout_hours, plan_path=store.path(key),
+                                        id_field=cfg.id_field),
+            "timeout": timedelta(hours=cfg.approval_timeout_hours)}
+
+
+class GuardApprovalOperator(ApprovalOperator):
+    """`ApprovalOperator` that asks only when the run's guard tripped, and skips itself otherwise.
+
+    Subject, body (the guard's numbers, Markdown) and `response_timeout` (the run's frozen
+    `approval_timeout_hours`) are set when it runs. "Reject" fails it, and so does no answer
+    within the timeout (no `defaults`): either way every delivery and the commit stay unrun. Those
+    failures are not retried (a retry would ask again, not answer); a failure before asking
+    (e.g. the state store could not be read) is.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("subject", "Lytics → Braze: approve unusual audience changes")
+        kwargs.setdefault("response_timeout", DEFAULT_APPROVAL_TIMEOUT)
+        super().__init__(fail_on_reject=True, **kwargs)
+
+    def execute(self, context):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        config = context["ti"].xcom_pull(task_ids="plan_audiences", key="config")
+        request = approval_request(config, context)
+        if request is None:
+            raise AirflowSkipException("no approval needed (see the log for the guard's verdict)")
+        self.subject, self.body, self.response_timeout = request["subject"], request["body"], request["timeout"]
+        return super().execute(context)
+
+    def execute_complete(self, context, event):
+        from airflow.providers.standard.exceptions import HITLRejectException, HITLTriggerEventError
+        from airflow.sdk.exceptions import AirflowFailException
+
+        who = (event.get("responded_by_user") or {}).get("name")
+        try:
+            answer = super().execute_complete(context=context, event=event)
+        except HITLRejectException as exc:
+            raise AirflowFailException(
+                f"Rejected by {who}: nothing was sent to Braze and nothing is committed. "
+                f"Fix the cause (see the request above / the plan's guard); the next run asks again if the "
+                f"change is still this large.") from exc
+        except HITLTriggerEventError as exc:  # HITLTimeoutError among them
+            raise AirflowFailException(
+                f"No approval: {event.get('error', exc)}. Nothing was sent to Braze and nothing is committed. "
+                f"Clear {APPROVAL_TASK_ID} to be asked again.") from exc
+        log.info("Approved by %s: delivering", who)
+        return answer
+
+
+def _require_approval(store, run_key: str, context) -> dict:
+    """The run's plan; fails when its guard required an approval that `approve_changes` did not give
+    (e.g. the task was marked skipped or successful by hand instead of answered)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.audiences_to_braze import run_files
+
+    plan = store.read_json(run_files.plan_key(run_key))
+    if (plan.get("guard") or {}).get("approval") == "required":
+        answer = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID) or {}
+        if list(answer.get("chosen_options") or []) != [ApprovalOperator.APPROVE]:
+            raise AirflowFailException(
+                f"the guard stopped this run ({', '.join(plan['guard']['tripped_audiences'])}) and it was not approved "
+                f"in {APPROVAL_TASK_ID} (answer: {answer.get('chosen_options')}); nothing is sent or committed. "
+                f"Clear {APPROVAL_TASK_ID} to be asked again and answer under Required actions.")
+        log.info("Guard tripped and approved by %s at %s", (answer.get("responded_by_user") or {}).get("name"),
+                 answer.get("responded_at"))
+    return plan
+
+
 def deliver_chunk(chunk: int, config: dict, context) -> dict:
     from braze_lytics.hooks.braze import BrazeHook
     from include.audiences_to_braze.delivery import deliver_chunk as deliver
@@ -93,6 +202,7 @@ def deliver_chunk(chunk: int, config: dict, context) -> dict:
     context["chunk_label"] = f"chunk {chunk}"
     with fail_fast_on_permanent_errors():
         cfg = _frozen(config)
+        _require_approval(state_store(cfg), _run_key(context), context)
         # The workspace budget is shared by the pool's parallel deliveries.
         budget = max(1, cfg.rate_limit_requests // cfg.delivery_concurrency)
         limiter = RateLimiter(budget, cfg.rate_limit_seconds)
@@ -112,7 +222,7 @@ def commit(config: dict, context) -> dict | None:
     with fail_fast_on_permanent_errors():
         store = state_store(_frozen(config))
         run_key = _run_key(context)
-        plan = store.read_json(run_files.plan_key(run_key))
+        plan = _require_approval(store, run_key, context)
         scans = [store.read_json(run_files.scan_marker(run_key, slug)) for slug in plan["audiences"]]
         return commit_run(store, run_key, plan, scans)
 
@@ -132,14 +242,33 @@ def report(config: dict | None, context) -> dict:
     plan_key = run_files.plan_key(run_key)
     if not store.exists(plan_key):
         raise AirflowFailException("this run has no plan: scanning or planning failed; see those tasks' logs")
-    summary = run_report(store, run_key, store.read_json(plan_key))
-    lines = ["| audience | members | adds | removes | skipped (no id) | requests | retries | dead-lettered | data points |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    plan = store.read_json(plan_key)
+    summary = run_report(store, run_key, plan)
+    verdict = plan.get("guard")
+    summary["guard"] = verdict
+    lines = ["| audience | members | adds | removes | skipped (no id) | requests | retries | dead-lettered | data points "
+             "| guard |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for slug, a in summary["audiences"].items():
+        checked = a.get("guard")
+        flag = "-" if checked is None else ("TRIPPED" if checked["tripped"] else "ok")
         lines.append(f"| {slug} | {a['members']:,} | {a['adds']:,} | {a['removes']:,} | {a['skipped_no_id']:,} | "
-                     f"{a['requests']:,} | {a['retries']:,} | {a['dead_lettered']:,} | {a['estimated_data_points']:,} |")
+                     f"{a['requests']:,} | {a['retries']:,} | {a['dead_lettered']:,} | {a['estimated_data_points']:,} "
+                     f"| {flag} |")
     log.info("Run summary%s:\n%s", " (dry run)" if summary["dry_run"] else "", "\n".join(lines))
+    if verdict and verdict["tripped"]:
+        from include.audiences_to_braze.guard import describe
+
+        log.warning("Guard tripped (approval: %s):\n%s", verdict["approval"], describe(plan))
     if not summary["dry_run"] and not store.exists(run_files.committed_marker(run_key)):
+        answer = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_ID) or {}
+        approved = list(answer.get("chosen_options") or []) == [ApprovalOperator.APPROVE]
+        if verdict and verdict["approval"] == "required" and not approved:
+            raise AirflowFailException(
+                f"the guard stopped this run ({', '.join(verdict['tripped_audiences'])}) and it was not approved "
+                f"(rejected, or no answer within approval_timeout_hours; see {APPROVAL_TASK_ID}): nothing was sent "
+                f"or committed. If the change is real, clear {APPROVAL_TASK_ID} and approve it, or trigger a run "
+                f"with allow_large_change; otherwise fix the cause in Lytics or the pipeline file - the next run "
+                f"diffs against the same committed state.")
         raise AirflowFailException("this run was not committed (a delivery failed): the next run re-sends its "
                                    "changes; clear the failed deliver_chunk tasks to finish this one")
     return summary

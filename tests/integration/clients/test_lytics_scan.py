@@ -12,8 +12,16 @@ import pytest
 import requests
 
 import include.clients.lytics.scan as lytics_scan
-from include.clients.lytics.scan import MAX_RESTARTS, LyticsClient, ScanResult
-from include.common.errors import AuthError, ConfigError, NotFoundError, TransientError
+from include.clients.lytics.scan import (
+    MAX_EMPTY_PAGES,
+    MAX_RESTARTS,
+    InconsistentScanError,
+    LyticsClient,
+    ScanResult,
+    total_mismatch,
+    total_tolerance,
+)
+from include.common.errors import AuthError, ConfigError, NotFoundError, PermanentError, TransientError
 from include.common.retry import RetryPolicy
 from sandbox.lytics_members import Audience, braze_id
 from sandbox.lytics_server import LyticsSandbox
@@ -212,7 +220,8 @@ def test_failed_pages_are_retried_with_the_same_start_token(sb, fault, times):
     c = client(sb, before=before)
     result = c.scan_ids(MAIN.id)
     assert result == ScanResult(ids=baseline.ids, members_seen=baseline.members_seen, skipped_no_id=0,
-                                pages=baseline.pages, retries=times, restarts=0)
+                                pages=baseline.pages, retries=times, restarts=0, total_first=MAIN.population,
+                                total_last=MAIN.population)
     starts = c.session.starts()
     assert starts[0] == "" and starts[2] != ""
     assert starts[2:3 + times] == [starts[2]] * (times + 1)  # every retry resumed from page 3's token
@@ -280,3 +289,118 @@ def test_tokens_that_keep_expiring_give_up_after_the_restart_limit(expiring):
         c.scan_ids(MAIN.id)
     # Each pass: page 1, then page 2 refused as expired; MAX_RESTARTS + 1 passes in all.
     assert scan_statuses(expiring) == [200, 400] * (MAX_RESTARTS + 1)
+
+
+# ------------------------------------------------------------------ consistency: empty pages, totals
+
+
+@pytest.mark.parametrize("after,run", [(3, 1), (0, 1), (10, 5)])
+def test_an_empty_page_with_a_next_token_does_not_end_the_scan(sb, after, run):
+    sb.empty_pages(run, after=after, audience_id=MAIN.id)
+    result = client(sb).scan_ids(MAIN.id)
+    assert_exact(result, sb, MAIN)  # the members after the empty page(s) are all there
+    assert result.empty_pages == run
+    assert result.pages == math.ceil(MAIN.population / 100) + run
+    assert result.total_first == result.total_last == MAIN.population
+
+
+def test_empty_pages_without_end_are_an_error_not_a_short_audience(sb):
+    sb.empty_pages(1_000, after=2, audience_id=MAIN.id)
+    with pytest.raises(InconsistentScanError) as err:
+        client(sb).scan_ids(MAIN.id, max_empty_pages=5)
+    message = str(err.value)
+    assert "'aud_main'" in message and "6 pages in a row held no member" in message
+    assert "after 200 members" in message and "2345" in message and "nothing was written" in message
+    assert (err.value.audience, err.value.members_read, err.value.total_first) == (MAIN.id, 200, MAIN.population)
+    assert scan_statuses(sb) == [200] * (2 + 6)  # bounded: gave up after the 6th empty page
+    sb.clear_requests()
+    with pytest.raises(InconsistentScanError, match=f"{MAX_EMPTY_PAGES + 1} pages in a row"):
+        client(sb).scan_ids(MAIN.id)  # the default bound
+    assert len(scan_statuses(sb)) == 2 + MAX_EMPTY_PAGES + 1
+
+
+def test_a_scan_that_ends_early_disagrees_with_its_total_and_returns_nothing(sb):
+    sb.end_scans_after(5, audience_id=MAIN.id)  # "_next": "" after 500 of 2,345 members
+    with pytest.raises(InconsistentScanError) as err:
+        client(sb).scan_ids(MAIN.id)
+    message = str(err.value)
+    assert message.startswith("scan of Lytics audience 'aud_main' does not add up: read 500 members but Lytics "
+                              "reported a total of 2,345; at most 24 difference is accepted")
+    assert "nothing was written" in message and "scan_total_tolerance_share" in message
+    assert (err.value.members_read, err.value.total_first, err.value.total_last) == (500, 2_345, 2_345)
+    assert isinstance(err.value, PermanentError)  # fail fast: the on-call person decides, not a retry loop
+
+
+@pytest.mark.parametrize("offset,ok", [(20, True), (-20, True), (30, False), (-30, False)])
+def test_a_total_that_disagrees_beyond_the_tolerance_is_an_error(sb, offset, ok):
+    sb.total_offset(offset, audience_id=MAIN.id)  # tolerance: max(1% of ~2,345, 10) = 24
+    if ok:
+        result = client(sb).scan_ids(MAIN.id)
+        assert_exact(result, sb, MAIN)
+        assert result.total_first == result.total_last == MAIN.population + offset
+    else:
+        with pytest.raises(InconsistentScanError, match=f"read 2,345 members but Lytics reported a total of "
+                                                         f"{MAIN.population + offset:,}"):
+            client(sb).scan_ids(MAIN.id)
+
+
+def test_the_tolerance_is_configurable_and_has_a_floor_in_members(sb):
+    sb.total_offset(100, audience_id=MAIN.id)
+    result = client(sb).scan_ids(MAIN.id, total_tolerance_share=0.05)
+    assert_exact(result, sb, MAIN)
+    sb.total_offset(10, audience_id=OTHER.id)  # 300 members: 1% is 3, the floor of 10 members applies
+    assert client(sb).scan_ids(OTHER.id).total_last == OTHER.population + 10
+    sb.total_offset(11, audience_id=OTHER.id)
+    with pytest.raises(InconsistentScanError, match="at most 10 difference"):
+        client(sb).scan_ids(OTHER.id)
+    with pytest.raises(InconsistentScanError):
+        client(sb).scan_ids(OTHER.id, total_tolerance_members=0, total_tolerance_share=0.0)
+
+
+def test_membership_changing_during_the_scan_is_judged_against_both_totals(sb):
+    members = list(sb.store.members(MAIN.id))
+
+    def before(n):
+        if n == 10:  # 900 members read: 300 of them leave (behind the cursor), 20 join ahead of it
+            sb.store.remove(MAIN.id, members[:300])
+            sb.store.add(MAIN.id, range(members[-1] + 1, members[-1] + 21))
+
+    result = client(sb, before=before).scan_ids(MAIN.id)
+    # Read: the 2,345 original members + 20 new ones; totals 2,345 (first page) and 2,065 (last page).
+    assert (result.members_seen, result.total_first, result.total_last) == (2_365, 2_345, 2_065)
+    # More change during one scan than the tolerance: 50 members join ahead of the cursor and 100
+    # read already leave. Read: 2,065 + 50; totals 2,065 then 2,015; accepted up to 2,065 + 21.
+    late, kept = members[-1] + 1_000, members[300:]
+
+    def churn_mid_scan(n):
+        if n == 5:
+            sb.store.add(MAIN.id, range(late, late + 50))
+            sb.store.remove(MAIN.id, kept[:100])
+
+    with pytest.raises(InconsistentScanError, match=r"read 2,115 members .* total of 2,065 \(first page\) and "
+                                                    r"2,015 \(last page\); at most 21 difference"):
+        client(sb, before=churn_mid_scan).scan_ids(MAIN.id)
+
+
+def test_total_mismatch_and_tolerance_rules():
+    assert total_tolerance(0) == 10 and total_tolerance(2_345) == 24 and total_tolerance(1_000_000) == 10_000
+    assert total_mismatch(0, None, None) is None  # no total reported: nothing to check against
+    assert total_mismatch(90, 100, None) is None and total_mismatch(89, None, 100) is not None
+    assert total_mismatch(0, 0, 0) is None and total_mismatch(11, 0, 0) is not None
+    assert "first page" in total_mismatch(10, 1_000, 2_000) and total_mismatch(1_500, 1_000, 2_000) is None
+
+
+def test_tokens_that_expire_mid_scan_restart_it_from_the_first_page(sb):
+    c = client(sb, before=lambda n: sb.expire_tokens() if n == 4 else None)
+    result = c.scan_ids(MAIN.id)
+    assert_exact(result, sb, MAIN)
+    assert result.restarts == 1 and c.session.starts()[4] == ""
+    assert scan_statuses(sb)[:5] == [200, 200, 200, 400, 200]
+
+
+def test_a_renamed_id_field_reads_no_ids_but_the_scan_itself_adds_up(sb):
+    sb.rename_user_field("braze_id", "braze_external_id")
+    gone = client(sb).scan_ids(MAIN.id)  # the configured field no longer exists in Lytics
+    assert (len(gone.ids), gone.skipped_no_id, gone.members_seen) == (0, MAIN.population, MAIN.population)
+    renamed = client(sb).scan_ids(MAIN.id, id_field="braze_external_id")
+    assert renamed.ids.to_pylist() == expected_ids(sb, MAIN) and renamed.skipped_no_id == 0

@@ -165,7 +165,7 @@ def test_unreachable_server_is_transient_and_retried(tmp_path):
 
 # -- a full, read-only or unwritable target ---------------------------------------------------------
 def _tmpfs(server, name, **kw):
-    from tests.sshd_server import MountUnavailable
+    from tests.sshd_dirs import MountUnavailable
 
     try:
         return server.tmpfs_dir(name, **kw)
