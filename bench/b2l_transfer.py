@@ -86,6 +86,10 @@ def step_transfer(users: int, truth: Truth, work: Path, report: Report, variant:
     from tests.pgp_keys import make_keypair
     from tests.sshd_server import OpenSshServer
 
+    missing = [tool for tool in ("curl", "unzip", "gzip", "gpg", "sftp", "bash") if shutil.which(tool) is None]
+    if missing:
+        raise StepFailed(f"the reference chain needs {', '.join(missing)} on the PATH (e.g. apt-get install "
+                         f"{' '.join(missing)})")
     kp = make_keypair("B2L Bench Recipient", passphrase=None)
     key_file = work / "transfer_recipient.asc"
     key_file.write_text(kp.public_key)
