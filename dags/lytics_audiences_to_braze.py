@@ -24,7 +24,15 @@ later task of the run (a cleared one too) uses that frozen copy. Then, for each 
 6. **report** - members, adds, removes, skipped, requests, retries, dead-lettered, data points,
    the guard's verdict.
 
-Params: `audiences` (subset), `dry_run` (plan and write payloads to a file, send and commit
+Audiences that were synced and then taken out of the configuration keep their slug on every
+Braze profile; planning names them in a warning. List them under `retire:` (or trigger a run with
+the `retire` param) to remove the slug from their members (through the guard) and delete their
+state. Users Braze rejects are re-sent by the next runs, then *parked* after `park_after_runs`
+runs (reported, no longer sent). Ids Braze can never accept (empty, > 255 characters, control
+characters) are left out when scanned and reported as "invalid ids". Files of old runs are
+deleted after `prune_after_days` (never a committed snapshot).
+
+Params: `audiences` (subset), `retire`, `dry_run` (plan and write payloads to a file, send and commit
 nothing), `full_resync` (re-send current membership, remove users who left),
 `allow_large_change` (a tripped guard is recorded but the run does not wait for approval).
 """
@@ -57,6 +65,9 @@ BRAZE_PROFILES = Asset("braze_lytics://braze/lytics_segments")
         "dry_run": Param(False, type="boolean", description="Plan only: write the payloads to a file, send nothing"),
         "full_resync": Param(False, type="boolean",
                              description="Re-send current membership as adds; remove users who left"),
+        "retire": Param([], type="array", items={"type": "string"},
+                        description="Audiences no longer configured whose slug is removed from every Braze profile "
+                                    "it was delivered to (their state is then deleted); goes through the guard"),
         "allow_large_change": Param(False, type="boolean",
                                     description="A known large change: do not wait for approval when the guard "
                                                 "trips (its verdict is still recorded and logged)"),

@@ -58,6 +58,9 @@ class Audience:
     * ``id_field`` -- the user field carrying the Braze id (``u{i:08d}``).
     * ``missing_id_every=N`` -- every Nth user (``i % N == N - 1``) has no ``id_field`` in
       this audience's scan output.
+    * ``invalid_id_every=N`` -- every Nth user (``i % N == 0``, when it has an id) carries an id
+      Braze can never accept as an external id (Lytics stores any string): 300 characters,
+      only spaces, or with a line break, in turn (``bad_id``).
     """
 
     id: str
@@ -68,6 +71,7 @@ class Audience:
     id_field: str = "braze_id"
     missing_id_every: int = 0
     universe: int | None = None
+    invalid_id_every: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID_RE.fullmatch(self.id):
@@ -97,6 +101,18 @@ class Audience:
         n = self.missing_id_every
         return not (n > 0 and i % n == n - 1)
 
+    def bad_id(self, i: int) -> str | None:
+        """The unusable id user ``i`` carries in this audience, or None (see ``invalid_id_every``)."""
+        n = self.invalid_id_every
+        if not (n > 0 and i % n == 0 and self.has_id(i)):
+            return None
+        kind = (i // n) % 3
+        return (braze_id(i) + "x" * 291, "   ", f"{braze_id(i)}\n")[kind]
+
+    def usable_id(self, i: int) -> bool:
+        """User ``i`` has an id Braze accepts in this audience's scan output."""
+        return self.has_id(i) and self.bad_id(i) is None
+
     @property
     def fields(self) -> tuple[str, ...]:
         """User fields a scan of this audience returns by default (``segments`` comes on top)."""
@@ -118,7 +134,7 @@ def user_record(audience: Audience, i: int, segments: list[str], fields: Iterabl
     for f in want:
         if f == audience.id_field:
             if audience.has_id(i):
-                rec[f] = braze_id(i)
+                rec[f] = audience.bad_id(i) or braze_id(i)
         elif f == "email":
             name = _FIRST_NAMES[i % len(_FIRST_NAMES)].lower().encode("ascii", "ignore").decode()
             local = "".join(c for c in name if c.isalnum()) or "user"

@@ -58,6 +58,18 @@ class AudienceSyncConfig:
     scan_total_tolerance_share: float = LYTICS_TOTAL_TOLERANCE_SHARE  # members read vs Lytics' `total`:
     scan_total_tolerance_members: int = LYTICS_TOTAL_TOLERANCE_MEMBERS  # max(share * total, members) apart
     approval_timeout_hours: float = 12.0  # no answer within this long -> the run fails, nothing sent
+    # Users Braze rejects: re-sent by the next runs, then parked (reported, no longer sent) after this many runs.
+    park_after_runs: int = 3
+    # Audiences no longer synced whose slug must be removed from every Braze profile (through the guard).
+    retire: tuple[str, ...] = ()
+    # Files of runs that never committed (failed, killed, dry runs) are deleted after this many days.
+    prune_after_days: float = 7.0
+    # The drift check (drift.py): users sampled per audience from the committed snapshot, plus users
+    # recently removed; their Braze profiles are read with /users/export/ids (its own rate limit).
+    drift_sample_size: int = 1000
+    drift_removed_sample_size: int = 200
+    drift_repair: bool = False  # queue the users found out of step for the next sync run
+    drift_rate_limit_per_minute: int = 250
 
     def select(self, slugs: list[str] | None) -> list[AudienceRef]:
         if not slugs:
@@ -80,7 +92,9 @@ class AudienceSyncConfig:
         data = dict(data)
         data["path"] = Path(data["path"])
         data["audiences"] = tuple(AudienceRef(**a) for a in data["audiences"])
-        return cls(**data)
+        data["retire"] = tuple(data.get("retire") or ())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # Keys of the `lytics_to_braze:` section besides `audiences`, with their defaults (written once, above).
@@ -117,12 +131,25 @@ def parse_audience_config(section: dict, path: Path) -> AudienceSyncConfig:
     page = opts["scan_page_size"]
     if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= LYTICS_MAX_PAGE:
         errors.append(f"{where}.scan_page_size: must be 1..{LYTICS_MAX_PAGE} (Lytics' scan limit), got {page!r}")
-    for key in ("rate_limit_requests", "max_chunks", "min_chunk_users", "delivery_concurrency"):
+    for key in ("rate_limit_requests", "max_chunks", "min_chunk_users", "delivery_concurrency", "park_after_runs",
+                "drift_sample_size", "drift_rate_limit_per_minute"):
         if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
             errors.append(f"{where}.{key}: must be a positive integer, got {opts[key]!r}")
     if not isinstance(opts["rate_limit_seconds"], int | float) or opts["rate_limit_seconds"] <= 0:
         errors.append(f"{where}.rate_limit_seconds: must be a positive number")
-    for key in ("existing_users", "update_existing_only"):
+    removed_sample = opts["drift_removed_sample_size"]
+    if not isinstance(removed_sample, int) or isinstance(removed_sample, bool) or removed_sample < 0:
+        errors.append(f"{where}.drift_removed_sample_size: must be a whole number >= 0, got {removed_sample!r}")
+    if not _is_number(opts["prune_after_days"]) or opts["prune_after_days"] <= 0:
+        errors.append(f"{where}.prune_after_days: must be a number of days above 0, got {opts['prune_after_days']!r}")
+    retire = opts["retire"]
+    if retire is None:
+        retire = ()
+    if not isinstance(retire, list | tuple) or not all(isinstance(r, str) and _SLUG_RE.match(r) for r in retire):
+        errors.append(f"{where}.retire: must be a list of audience slugs no longer synced, got {retire!r}")
+    else:
+        opts["retire"] = tuple(retire)
+    for key in ("existing_users", "update_existing_only", "drift_repair"):
         if not isinstance(opts[key], bool):
             errors.append(f"{where}.{key}: must be true or false")
     for key in ("max_remove_share", "max_missing_id_share"):
@@ -168,6 +195,9 @@ def parse_audience_config(section: dict, path: Path) -> AudienceSyncConfig:
         audiences.append(AudienceRef(slug=slug, id=audience_id))
     if len(audiences) > 500:
         errors.append(f"{where}.audiences: Lytics accounts hold at most 500 audiences; got {len(audiences)}")
+    both = sorted(set(opts["retire"] if isinstance(opts["retire"], tuple) else ()) & {a.slug for a in audiences})
+    if both:
+        errors.append(f"{where}.retire: {both} are still listed under audiences; remove them there to retire them")
     if errors:
         raise ConfigError(f"{path}: invalid configuration:\n  - " + "\n  - ".join(errors))
     return AudienceSyncConfig(path=path, audiences=tuple(audiences), **opts)

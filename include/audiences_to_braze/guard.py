@@ -50,7 +50,7 @@ class GuardLimits:
 def check_audience(slug: str, *, members_before: int | None, members_after: int, members_read: int,
                    missing_ids: int, adds: int, removes: int, sample_removed: list[str],
                    total_first: int | None = None, total_last: int | None = None, id_field: str = "braze_id",
-                   limits: GuardLimits | None = None) -> dict:
+                   limits: GuardLimits | None = None, retire: bool = False) -> dict:
     """The guard's verdict on one audience's planned changes, as a JSON-able dict.
 
     :param members_before: members (with an id) of the committed snapshot; None on a first run.
@@ -58,11 +58,16 @@ def check_audience(slug: str, *, members_before: int | None, members_after: int,
     :param members_read: member records the scan read (with or without an id).
     :param missing_ids: of those, members without a usable `id_field` value.
     :param sample_removed: ids that would be removed (the first `SAMPLE_REMOVED` are kept).
+    :param retire: the audience is being retired (config or param `retire`): every committed member
+        is removed on purpose, still subject to `max_remove_share` like any other removal.
     """
     limits = limits or GuardLimits()
     reasons: list[str] = []
     remove_share = removes / members_before if members_before else None
-    if remove_share is not None and remove_share > limits.max_remove_share:
+    if retire and remove_share is not None and remove_share > limits.max_remove_share:
+        reasons.append(f"is being retired (`retire`): would remove its slug from all {removes:,} committed members "
+                       f"({_pct(remove_share)}; max_remove_share is {_pct(limits.max_remove_share)})")
+    elif remove_share is not None and remove_share > limits.max_remove_share:
         reasons.append(f"would remove {removes:,} of the {members_before:,} committed members ({_pct(remove_share)}; "
                        f"max_remove_share is {_pct(limits.max_remove_share)})")
     mismatch = total_mismatch(members_read, total_first, total_last, share=limits.scan_total_tolerance_share,
@@ -76,6 +81,7 @@ def check_audience(slug: str, *, members_before: int | None, members_after: int,
                        f"renamed or emptied in Lytics?")
     return {
         "slug": slug,
+        "retire": retire,
         "tripped": bool(reasons),
         "reasons": reasons,
         "members_before": members_before,

@@ -35,6 +35,7 @@ from include.audiences_to_braze.diff import (
     split_chunks,
 )
 from include.audiences_to_braze.guard import SAMPLE_REMOVED, GuardLimits, check_audience, describe, verdict
+from include.audiences_to_braze.ids import check_ids
 from include.audiences_to_braze.snapshot import committed_ids, read_snapshot, write_snapshot
 from include.clients.state_store import StateStore
 
@@ -55,6 +56,7 @@ class PlanOptions:
     guard: GuardLimits = field(default_factory=GuardLimits)
     allow_large_change: bool = False  # run param: a tripped guard is recorded, but the run does not wait
     id_field: str = SETTING_DEFAULTS["id_field"]  # named in the guard's findings
+    park_after_runs: int = SETTING_DEFAULTS["park_after_runs"]  # rejected this many runs in a row -> parked
 
     @classmethod
     def for_run(cls, config: AudienceSyncConfig, params: dict) -> PlanOptions:
@@ -62,32 +64,65 @@ class PlanOptions:
                    full_resync=bool(params.get("full_resync")), dry_run=bool(params.get("dry_run")),
                    max_chunks=config.max_chunks, min_chunk_users=config.min_chunk_users,
                    guard=GuardLimits.from_config(config), allow_large_change=bool(params.get("allow_large_change")),
-                   id_field=config.id_field)
+                   id_field=config.id_field, park_after_runs=config.park_after_runs)
 
 
-def snapshot_audience(store: StateStore, run_key: str, audience: AudienceRef, scan) -> dict:
-    """Scan one audience (once per run) into a snapshot; `scan(audience_id)` returns a ScanResult."""
+def snapshot_audience(store: StateStore, run_key: str, audience: AudienceRef, scan, *, retire: bool = False) -> dict:
+    """Scan one audience (once per run) into a snapshot; `scan(audience_id)` returns a ScanResult.
+
+    Ids Braze can never accept are left out (`ids.check_ids`) and counted with their reasons. A
+    retired audience (`retire`) is not scanned: its snapshot is empty, so the plan removes its
+    slug from every user it was committed for (through the guard, like any other removal).
+    """
     marker = run_files.scan_marker(run_key, audience.slug)
     if store.exists(marker):
         meta = store.read_json(marker)
         log.info("Audience %s already scanned in this run (%d members); reusing the snapshot",
                  audience.slug, meta["members"])
         return meta
+    if retire:
+        key = write_snapshot(store, audience.slug, run_key, pa.array([], pa.string()))
+        meta = {"slug": audience.slug, "snapshot": key, "members": 0, "skipped_no_id": 0, "invalid_ids": 0,
+                "invalid_by_reason": {}, "invalid_sample": [], "pages": 0, "scan_retries": 0, "members_seen": 0,
+                "total_first": None, "total_last": None, "empty_pages": 0, "retire": True}
+        store.write_json(marker, meta)
+        log.warning("Audience %s is being retired: not scanned; its slug will be removed from every user it was "
+                    "delivered to, and its state deleted when the run commits", audience.slug)
+        return meta
     result = scan(audience.id)  # a scan that does not add up raises here: nothing is written
-    key = write_snapshot(store, audience.slug, run_key, result.ids)
-    meta = {"slug": audience.slug, "snapshot": key, "members": len(result.ids),
-            "skipped_no_id": result.skipped_no_id, "pages": result.pages, "scan_retries": result.retries,
-            "members_seen": result.members_seen, "total_first": result.total_first, "total_last": result.total_last,
-            "empty_pages": result.empty_pages}
+    checked = check_ids(result.ids)
+    key = write_snapshot(store, audience.slug, run_key, checked.valid)
+    meta = {"slug": audience.slug, "snapshot": key, "members": len(checked.valid),
+            "skipped_no_id": result.skipped_no_id, "invalid_ids": checked.invalid,
+            "invalid_by_reason": checked.by_reason, "invalid_sample": checked.sample, "pages": result.pages,
+            "scan_retries": result.retries, "members_seen": result.members_seen, "total_first": result.total_first,
+            "total_last": result.total_last, "empty_pages": result.empty_pages}
     store.write_json(marker, meta)
     log.info("Audience %s: %d members with an id, %d skipped without one (%d pages)", audience.slug,
              meta["members"], meta["skipped_no_id"], meta["pages"])
+    if checked.invalid:
+        log.warning("Audience %s: %d member id(s) Braze can never accept were left out (%s); e.g. %s",
+                    audience.slug, checked.invalid, checked.by_reason,
+                    ", ".join(f"{s['id']!r} ({s['reason']})" for s in checked.sample[:3]))
     return meta
 
 
+def unconfigured_committed_audiences(store: StateStore, configured: set[str]) -> list[str]:
+    """Audiences with a committed snapshot that are no longer in the configuration (their slug stays on
+    every Braze profile it was delivered to until they are retired)."""
+    slugs = set()
+    for key in store.list("audiences"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "committed.json":
+            slugs.add(parts[1])
+    return sorted(slugs - configured)
+
+
 def _dead_letters(store: StateStore) -> tuple[list[str], pa.Table | None]:
-    keys = sorted(k for k in store.list(run_files.DEAD_LETTER_PREFIX) if k.endswith(".parquet"))
-    tables = [store.read_table(k) for k in keys]
+    """Users to re-send: rejected by Braze in earlier runs, or found out of step by a drift check."""
+    keys = sorted(k for prefix in (run_files.DEAD_LETTER_PREFIX, run_files.REPAIR_PREFIX)
+                  for k in store.list(prefix) if k.endswith(".parquet"))
+    tables = [store.read_table(k).select(["external_id", "add", "remove"]) for k in keys]
     return keys, (pa.concat_tables(tables) if tables else None)
 
 
@@ -125,10 +160,11 @@ def plan_changes(store: StateStore, run_key: str, scans: list[dict], options: Pl
         guard = check_audience(
             slug, members_before=None if previous is None else len(previous), members_after=len(current),
             members_read=scan.get("members_seen", scan["members"] + scan["skipped_no_id"]),
-            missing_ids=scan["skipped_no_id"], adds=len(diff.adds), removes=len(diff.removes),
+            missing_ids=scan["skipped_no_id"] + scan.get("invalid_ids", 0), retire=bool(scan.get("retire")), adds=len(diff.adds), removes=len(diff.removes),
             sample_removed=diff.removes.slice(0, SAMPLE_REMOVED).to_pylist(), total_first=scan.get("total_first"),
             total_last=scan.get("total_last"), id_field=options.id_field, limits=options.guard)
         per_audience[slug] = {"members": scan["members"], "skipped_no_id": scan["skipped_no_id"],
+                              "invalid_ids": scan.get("invalid_ids", 0), "retire": bool(scan.get("retire")),
                               "adds": len(diff.adds), "removes": len(diff.removes),
                               "first_run": previous is None, "guard": guard}
     table = merge_changes(changes)

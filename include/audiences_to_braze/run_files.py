@@ -7,6 +7,8 @@
     runs/<run_key>/planned_payloads.jsonl  a dry run's request bodies, for review
     runs/<run_key>/committed.json          the run is committed
     dead_letter/pending/<run_key>.parquet  users Braze rejected, retried by the next run
+    dead_letter/parked/<run_key>.parquet   users rejected park_after_runs runs in a row: reported, not re-sent
+    repairs/pending/<check_key>.parquet    users a drift check found out of step, re-sent by the next run
 
 Committed audience snapshots live beside these, under `audiences/` (see `snapshot.py`).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 from include.common.names import file_safe
 
 DEAD_LETTER_PREFIX = "dead_letter/pending"
+REPAIR_PREFIX = "repairs/pending"
 
 
 def run_key_for(run_id: str) -> str:
@@ -49,3 +52,13 @@ def committed_marker(run_key: str) -> str:
 
 def dead_letter_key(run_key: str) -> str:
     return f"{DEAD_LETTER_PREFIX}/{run_key}.parquet"
+
+
+def parked_key(run_key: str) -> str:
+    return f"dead_letter/parked/{run_key}.parquet"
+
+
+def repair_key(check_key: str) -> str:
+    """Users a drift check found out of step with the committed state (same columns as dead letters:
+    external_id, add, remove); the next sync run re-sends them and deletes the file when it commits."""
+    return f"{REPAIR_PREFIX}/{check_key}.parquet"

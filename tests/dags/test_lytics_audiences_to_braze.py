@@ -51,7 +51,7 @@ def expected_state(lytics: LyticsSandbox, audiences=AUDIENCES) -> dict[str, froz
     state: dict[str, set[str]] = {}
     for a in audiences:
         for i in lytics.store.members(a.id):
-            if a.has_id(i):
+            if a.usable_id(i):
                 state.setdefault(braze_id(i), set()).add(a.slug)
     return {k: frozenset(v) for k, v in state.items()}
 

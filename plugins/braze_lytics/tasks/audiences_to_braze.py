@@ -55,16 +55,41 @@ def _run_key(context) -> str:
 
 
 def plan_audiences(params: dict, context) -> list[dict]:
-    """Read and validate the configuration once; push it (XCom key `config`) and return the audiences to map over."""
+    """Read and validate the configuration once; push it (XCom key `config`) and return the audiences to map over.
+
+    Audiences to retire (config `retire` or the run's `retire` param) are mapped too, flagged
+    `retire`: they are not scanned, and the plan removes their slug from every committed member.
+    Committed audiences that are neither configured nor retired are named in a warning.
+    """
     from include.audiences_to_braze.config import load_audience_config
+    from include.audiences_to_braze.planning import unconfigured_committed_audiences
+    from include.common.errors import ConfigError
 
     with fail_fast_on_permanent_errors():
         config = load_audience_config()
         audiences = config.select(params.get("audiences") or [])
+        configured = {a.slug for a in config.audiences}
+        retire = sorted(set(config.retire) | set(params.get("retire") or []))
+        still = sorted(set(retire) & configured)
+        if still:
+            raise ConfigError(f"the run's 'retire' param names {still}, which {config.path} still lists under "
+                              f"audiences: remove them there first (or leave them out of 'retire')")
+        leftover = unconfigured_committed_audiences(state_store(config), configured)
+    to_retire = [slug for slug in retire if slug in leftover]
+    for slug in sorted(set(retire) - set(to_retire)):
+        log.info("Retire %s: nothing was ever committed for it (or it is already retired); nothing to do", slug)
+    forgotten = sorted(set(leftover) - set(retire))
+    if forgotten:
+        log.warning("Audiences %s were synced before but are no longer configured: their slug stays on every Braze "
+                    "profile it was delivered to. To remove it, list them under 'retire:' in %s (or trigger a run "
+                    "with the 'retire' param); the removes go through the guard.", forgotten, config.path)
     context["ti"].xcom_push(key="config", value=config.to_dict())
-    log.info("Configuration %s. Audiences to sync: %s%s%s", config.path, [a.slug for a in audiences],
-             " (dry run)" if params.get("dry_run") else "", " (full resync)" if params.get("full_resync") else "")
-    return [{"slug": a.slug, "id": a.id} for a in audiences]
+    context["ti"].xcom_push(key="unconfigured_audiences", value=forgotten)
+    log.info("Configuration %s. Audiences to sync: %s%s%s%s", config.path, [a.slug for a in audiences],
+             f"; to retire: {to_retire}" if to_retire else "", " (dry run)" if params.get("dry_run") else "",
+             " (full resync)" if params.get("full_resync") else "")
+    return ([{"slug": a.slug, "id": a.id, "retire": False} for a in audiences]
+            + [{"slug": slug, "id": slug, "retire": True} for slug in to_retire])
 
 
 def snapshot_audience(audience: dict, config: dict, context) -> dict:
@@ -72,24 +97,26 @@ def snapshot_audience(audience: dict, config: dict, context) -> dict:
     from include.audiences_to_braze.config import AudienceRef
     from include.audiences_to_braze.planning import snapshot_audience as snapshot
 
-    context["audience_label"] = audience["slug"]
+    context["audience_label"] = audience["slug"] + (" (retire)" if audience.get("retire") else "")
     with fail_fast_on_permanent_errors():
         cfg = _frozen(config)
         client = LyticsHook(cfg.lytics_conn_id).get_conn()
-        return snapshot(state_store(cfg), _run_key(context), AudienceRef(**audience),
+        return snapshot(state_store(cfg), _run_key(context), AudienceRef(slug=audience["slug"], id=audience["id"]),
                         lambda audience_id: client.scan_ids(
                             audience_id, cfg.id_field, limit=cfg.scan_page_size,
                             total_tolerance_share=cfg.scan_total_tolerance_share,
-                            total_tolerance_members=cfg.scan_total_tolerance_members))
+                            total_tolerance_members=cfg.scan_total_tolerance_members),
+                        retire=bool(audience.get("retire")))
 
 
 def plan_changes(scans: list[dict], config: dict, context) -> list[int]:
     """Diff, merge and chunk; returns the chunk numbers to map delivery over (none on a dry run)."""
+    from braze_lytics.mapped_results import mapped_results
     from include.audiences_to_braze.planning import plan_changes as plan
 
     with fail_fast_on_permanent_errors():
         cfg = _frozen(config)
-        result = plan(state_store(cfg), _run_key(context), list(scans), _plan_options(cfg, context["params"]))
+        result = plan(state_store(cfg), _run_key(context), mapped_results(scans), _plan_options(cfg, context["params"]))
     if result["dry_run"]:
         log.info("Dry run: planned payloads written to %s; nothing is sent or committed", result["payload_file"])
         return []
@@ -227,6 +254,20 @@ def commit(config: dict, context) -> dict | None:
         return commit_run(store, run_key, plan, scans)
 
 
+def _housekeeping(store, run_key: str, cfg) -> None:
+    """Delete old runs' leftovers (best effort: a failure here is logged, never fails the run)."""
+    from datetime import UTC, datetime
+
+    from include.audiences_to_braze.housekeeping import prune
+    from include.common.errors import BrazeLyticsError
+
+    try:
+        prune(store, current_run_key=run_key, older_than=timedelta(days=cfg.prune_after_days), now=datetime.now(UTC))
+    except BrazeLyticsError as exc:
+        log.warning("Housekeeping of the state store failed (the run's result stands; the next run tries "
+                    "again): %s", exc)
+
+
 def report(config: dict | None, context) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -246,15 +287,26 @@ def report(config: dict | None, context) -> dict:
     summary = run_report(store, run_key, plan)
     verdict = plan.get("guard")
     summary["guard"] = verdict
-    lines = ["| audience | members | adds | removes | skipped (no id) | requests | retries | dead-lettered | data points "
-             "| guard |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    summary["unconfigured_audiences"] = context["ti"].xcom_pull(task_ids="plan_audiences",
+                                                                key="unconfigured_audiences") or []
+    if summary["unconfigured_audiences"]:
+        log.warning("Audiences %s are no longer configured but their slug is still on Braze profiles: list them "
+                    "under 'retire:' to remove it", summary["unconfigured_audiences"])
+    lines = ["| audience | members | adds | removes | skipped (no id) | invalid ids | requests | retries | dead-lettered "
+             "| data points | guard |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for slug, a in summary["audiences"].items():
         checked = a.get("guard")
         flag = "-" if checked is None else ("TRIPPED" if checked["tripped"] else "ok")
-        lines.append(f"| {slug} | {a['members']:,} | {a['adds']:,} | {a['removes']:,} | {a['skipped_no_id']:,} | "
-                     f"{a['requests']:,} | {a['retries']:,} | {a['dead_lettered']:,} | {a['estimated_data_points']:,} "
-                     f"| {flag} |")
+        name = f"{slug} (retired)" if a.get("retire") else slug
+        lines.append(f"| {name} | {a['members']:,} | {a['adds']:,} | {a['removes']:,} | {a['skipped_no_id']:,} | "
+                     f"{a.get('invalid_ids', 0):,} | {a['requests']:,} | {a['retries']:,} | {a['dead_lettered']:,} | "
+                     f"{a['estimated_data_points']:,} | {flag} |")
     log.info("Run summary%s:\n%s", " (dry run)" if summary["dry_run"] else "", "\n".join(lines))
+    if summary["parked"]:
+        log.warning("%d user(s) were parked: Braze rejected them %d runs in a row, so they are no longer sent "
+                    "(dead_letter/parked/ in the state store); e.g. %s", summary["parked"],
+                    plan["options"].get("park_after_runs"), summary["parked_sample"][:3])
+    _housekeeping(store, run_key, _frozen(config))
     if verdict and verdict["tripped"]:
         from include.audiences_to_braze.guard import describe
 

@@ -225,7 +225,9 @@ def summarize(reports, expected: list[dict]) -> dict:
                                    "configuration file)")
     # Airflow 3.3.2 hands over a mapped task group's single result as the bare dict, and
     # several results as a lazy sequence (with None for instances that pushed nothing).
-    reports = [reports] if isinstance(reports, dict) else list(reports or [])
+    from braze_lytics.mapped_results import mapped_results
+
+    reports = mapped_results(reports)
 
     delivered = {r["segment"]: r for r in reports if r}
     missing = [s["name"] for s in expected if s["name"] not in delivered]

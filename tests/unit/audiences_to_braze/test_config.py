@@ -32,6 +32,11 @@ def test_defaults_and_slug_shorthand(tmp_path):
     ("scan_page_size: 500", "lytics_to_braze.scan_page_size: must be 1..100"),
     ("existing_user: true", "lytics_to_braze.existing_user: unknown key"),
     ("max_chunks: 0", "lytics_to_braze.max_chunks: must be a positive integer"),
+    ("park_after_runs: 0", "lytics_to_braze.park_after_runs: must be a positive integer"),
+    ("prune_after_days: -1", "lytics_to_braze.prune_after_days: must be a number of days above 0"),
+    ("retire: old_audience", "lytics_to_braze.retire: must be a list of audience slugs"),
+    ("retire: [vip]", "lytics_to_braze.retire: ['vip'] are still listed under audiences"),
+    ("drift_sample_size: 0", "lytics_to_braze.drift_sample_size: must be a positive integer"),
 ])
 def test_mistakes_are_named_precisely(tmp_path, snippet, message):
     path = write(tmp_path, f"""
@@ -69,3 +74,17 @@ def test_shipped_default_config_has_a_valid_audience_section():
 
     cfg = load_audience_config(DEFAULT_CONFIG_PATH)
     assert [a.slug for a in cfg.audiences] == ["high_value", "churn_risk"]
+
+
+def test_retire_and_housekeeping_settings_survive_the_frozen_copy(tmp_path):
+    from include.audiences_to_braze.config import AudienceSyncConfig
+
+    cfg = load_audience_config(write(tmp_path, """
+        lytics_to_braze:
+          audiences: [vip]
+          retire: [old_one, older]
+          park_after_runs: 5
+          prune_after_days: 2.5
+    """))
+    assert (cfg.retire, cfg.park_after_runs, cfg.prune_after_days) == (("old_one", "older"), 5, 2.5)
+    assert AudienceSyncConfig.from_dict(cfg.to_dict()) == cfg  # what later tasks of the run see

@@ -40,7 +40,7 @@ def check(**overrides) -> dict:
 
 def test_everyday_churn_passes_with_its_numbers_recorded():
     g = check(adds=50, removes=80, sample_removed=["u1", "u2"])
-    assert g == {"slug": "vip", "tripped": False, "reasons": [], "members_before": 1_000, "members_after": 1_000,
+    assert g == {"slug": "vip", "retire": False, "tripped": False, "reasons": [], "members_before": 1_000, "members_after": 1_000,
                  "members_read": 1_000, "lytics_total": 1_000, "adds": 50, "removes": 80, "missing_ids": 0,
                  "remove_share": 0.08, "missing_id_share": 0.0, "sample_removed": ["u1", "u2"]}
 
