@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+from sandbox.braze_export_ids import EXPORT_IDS_RATE_LIMIT, EXPORT_IDS_RATE_WINDOW
 from sandbox.braze_exports import RATE_LIMIT, USERS_PER_FILE
 from sandbox.braze_server import BrazeSandbox
 from sandbox.braze_track import MAX_TRACK_OBJECTS, TRACK_RATE_LIMIT, TRACK_RATE_WINDOW
@@ -92,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--track-rate-window", type=float, default=TRACK_RATE_WINDOW, help="/users/track window (seconds)"
     )
+    ap.add_argument(
+        "--export-ids-rate-limit", type=int, default=EXPORT_IDS_RATE_LIMIT, help="/users/export/ids requests per window"
+    )
+    ap.add_argument(
+        "--export-ids-rate-window", type=float, default=EXPORT_IDS_RATE_WINDOW, help="/users/export/ids window (seconds)"
+    )
     ap.add_argument("--track-faults", type=float, default=0.0, help="share of /users/track requests faulted")
     ap.add_argument("--fault-seed", type=int, default=0)
     ap.add_argument("--fault-sleep", type=float, default=2.0, help="seconds a 'timeout' fault stalls")
@@ -118,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         track_faults=args.track_faults,
         fault_seed=args.fault_seed,
         fault_sleep=args.fault_sleep,
+        export_ids_rate_limit=args.export_ids_rate_limit,
+        export_ids_rate_window=args.export_ids_rate_window,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -10,15 +10,19 @@ Endpoints:
   sliding-window rate limit (3,000 requests / 3 s) and optional seeded fault injection
   (:mod:`sandbox.braze_faults`). Only ``POST`` is routed; other methods answer 404 like any
   unknown path.
+* ``POST /users/export/ids`` -- :mod:`sandbox.braze_export_ids`: the profiles ``/users/track``
+  wrote, read back by ``external_id`` (at most 50 per request); its own sliding-window rate limit
+  (250 requests / 60 s).
 * ``GET /_sandbox/profiles?attr=lytics_segments[&by=external_id]`` and ``GET /_sandbox/stats``
   -- **sandbox-only** read-back endpoints (Bearer auth; Braze has nothing like them).
 
 Braze's responses have a JSON body (except "reset" and "html" faults) and
 ``X-RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` headers (:mod:`sandbox.rate_window`): those
-of ``/users/track``'s limit on ``/users/track`` and ``/_sandbox/*``, those of the export
-endpoint's limit everywhere else. A ``429`` from a limiter carries ``Retry-After`` and applies
-nothing. Only authenticated requests count against a limit; injected faults do not count. The
-download links are S3's, not Braze's: S3 headers and XML errors, no rate-limit headers.
+of ``/users/track``'s limit on ``/users/track`` and ``/_sandbox/*``, those of its own limit on
+``/users/export/ids``, those of the export endpoint's limit everywhere else. A ``429`` from a
+limiter carries ``Retry-After`` and applies nothing. Only authenticated requests count against a
+limit; injected faults do not count. The download links are S3's, not Braze's: S3 headers and XML
+errors, no rate-limit headers.
 
 This module holds :class:`BrazeSandbox` (auth, routing, faults, test knobs); the CLI is
 :mod:`sandbox.braze_cli`, the HTTP plumbing :mod:`sandbox.braze_http`. Standard library + orjson
@@ -42,6 +46,12 @@ from pathlib import Path
 
 from sandbox.background_server import BackgroundHttpServer
 from sandbox.braze_bucket import S3Target
+from sandbox.braze_export_ids import (
+    EXPORT_IDS_PATH,
+    EXPORT_IDS_RATE_LIMIT,
+    EXPORT_IDS_RATE_WINDOW,
+    UsersExportIds,
+)
 from sandbox.braze_exports import (
     DOWNLOAD_RE,
     EXPORT_PATH,
@@ -102,6 +112,10 @@ class BrazeSandbox(BackgroundHttpServer):
       ``"timeout"`` (sleep ``fault_sleep`` seconds, then 500) and ``"reset"`` (close the
       connection without a response). A faulted request applies nothing and does not count
       against the rate limit.
+
+    ``/users/export/ids`` options (keyword-only): ``export_ids_rate_limit`` /
+    ``export_ids_rate_window`` -- its sliding-window limit (250 per 60 s). Its counters are
+    ``sandbox.export_ids.stats``.
     """
 
     _server_class = BrazeHttpServer
@@ -135,6 +149,8 @@ class BrazeSandbox(BackgroundHttpServer):
         bucket: S3Target | None = None,
         bucket_object_interval: float = 0.0,
         finished_day: Callable[[], date] | None = None,
+        export_ids_rate_limit: int = EXPORT_IDS_RATE_LIMIT,
+        export_ids_rate_window: float = EXPORT_IDS_RATE_WINDOW,
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
@@ -173,6 +189,8 @@ class BrazeSandbox(BackgroundHttpServer):
             rate_window=track_rate_window,
         )
         self.profiles = self.track.profiles
+        self.export_ids = UsersExportIds(self._lock, self.profiles, rate_limit=export_ids_rate_limit,
+                                         rate_window=export_ids_rate_window)
         self.faults = FaultInjector(track_faults, fault_seed, fault_sleep, fault_kinds)
         self._init_background()
         for spec in segments:
@@ -267,6 +285,8 @@ class BrazeSandbox(BackgroundHttpServer):
         track = path == TRACK_PATH and method == "POST"
         sandbox_path = path.startswith("/_sandbox/")
         limiter = self.track.limiter if track or sandbox_path else self.exports.limiter
+        if path == EXPORT_IDS_PATH:
+            limiter = self.export_ids.limiter
         with self._lock:
             if track:
                 self.track.stats["requests"] += 1
@@ -281,6 +301,12 @@ class BrazeSandbox(BackgroundHttpServer):
 
         if track:
             return self.track.handle(self._authorized(headers), headers, body)
+        if path == EXPORT_IDS_PATH:
+            if method == "POST":
+                return self.export_ids.handle(self._authorized(headers), headers, body)
+            resp = json_response(405, {"message": "Method not allowed"}, Allow="POST")
+            resp.headers.update(limiter.peek())
+            return resp
         if path in (SANDBOX_PROFILES_PATH, SANDBOX_STATS_PATH):
             if method != "GET":
                 resp = json_response(405, {"message": "Method not allowed"}, Allow="GET")

@@ -8,6 +8,7 @@ from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
     from include.clients.braze.export import BrazeExportClient
+    from include.clients.braze.export_ids import BrazeExportIdsClient
     from include.clients.braze.track import BrazeTrackClient
     from include.common.rate_limit import RateLimiter
 
@@ -27,7 +28,7 @@ class BrazeHook(BaseHook):
     Connection (type ``http``): ``host`` = the REST endpoint of your Braze instance, e.g.
     ``https://rest.iad-01.braze.com`` (see Braze's "API and SDK endpoints" page);
     ``password`` = a REST API key with ``users.export.segment`` (and ``users.track`` for the
-    audience pipeline).
+    audience pipeline, ``users.export.ids`` for its drift check).
 
     Example::
 
@@ -66,3 +67,9 @@ class BrazeHook(BaseHook):
         from include.clients.braze.track import BrazeTrackClient
 
         return BrazeTrackClient(*self._endpoint_and_key(), limiter=limiter, batch_limit=batch_limit)
+
+    def get_export_ids_client(self, rate_limit_per_minute: int = 250) -> BrazeExportIdsClient:
+        """The /users/export/ids client (profiles read back by external id), paced at its own limit."""
+        from include.clients.braze.export_ids import BrazeExportIdsClient
+
+        return BrazeExportIdsClient(*self._endpoint_and_key(), rate_limit_per_minute=rate_limit_per_minute)
