@@ -1,35 +1,44 @@
 """
-### Braze segments -> Lytics (CSV over SFTP)
+### Braze segments -> Lytics (CSV over SFTP) - runbook
 
-For each segment in the pipeline configuration (`$BRAZE_LYTICS_CONFIG`, default
-`include/config/braze_lytics.yaml`), one mapped task group, labelled with the segment's name:
+One mapped task group per configured segment (`$BRAZE_LYTICS_CONFIG`, default
+`include/config/braze_lytics.yaml`); the map index shows the segment's name. One file per segment
+and logical date: `<remote_dir>/<file_root>_<YYYYMMDD>.csv[.gz|.zip][.pgp]` plus a `.sha256`.
 
-1. **start_export** - check the SFTP target (host key, login, writable directory), then
-   `POST /users/export/segment` (source `api`: a download link, or a bucket export when the
-   workspace exports to its own bucket), or locate the landing folder of a dashboard export
-   (source `drop`).
-2. **wait_for_export** - sensor in reschedule mode: no worker slot is held while Braze works
-   (link probed with a ranged GET; bucket export complete once its folder is quiet).
-3. **transfer** - download -> PGP-decrypt (if encrypted) -> shape to Lytics CSV (quarantining
-   rejected rows) -> gzip/zip -> PGP-encrypt (optional) -> atomic SFTP delivery to
-   `<remote_dir>/<file_root>_<YYYYMMDD>.csv[.gz|.zip][.pgp]` with a `.sha256` manifest.
+| task | what it does | a failure means | safe to clear? |
+|---|---|---|---|
+| **plan_segments** | reads the pipeline file once; the run uses that copy | the file is invalid: the log lists every problem | yes |
+| **segment.start_export** | checks the SFTP target (host key, login, writable dir), then asks Braze for the export (`api`: link or bucket export; `drop`: finds the dashboard CSV) | bad key / unknown segment / host key changed / target not writable: read the last log line | yes: asks Braze for a **new** export |
+| **segment.wait_for_export** | sensor (reschedule mode, no slot held) until the file is ready | not ready within `export_timeout_minutes`, or the link expired | yes; if the link expired clear from `start_export` |
+| **segment.transfer** | download -> decrypt -> shape to Lytics CSV (rejected rows quarantined) -> compress -> encrypt -> atomic SFTP upload | see the message: too many rejected rows (nothing delivered), damaged file, SFTP error | yes: the same date replaces the same remote file atomically; nothing half-written is ever visible |
+| **summarize** | rows, bytes, paths, sha256 of the run (log, XCom, asset event, **Run report** tab) | a segment did not deliver | yes (reporting only) |
 
-**summarize** reports rows, bytes and paths for the whole run (log, XCom, asset event).
+**Clearing re-sends** the segment's file for that date (same name, replaced atomically): harmless for
+Lytics, which imports the newest file. A failed run can also simply be left: the next day's run is
+independent.
 
-Every task is safe to clear: the same logical date delivers the same file under the same name.
-Trigger manually with `segments` to run a subset. Connections: `braze_default`, `lytics_sftp`
-(and PGP key connections if configured) - see the README.
+**Files**: quarantined rows `<BRAZE_LYTICS_QUARANTINE_DIR>/<segment>/<file_root>_<YYYYMMDD>.quarantine.csv`
+(each row with its reason, replaced on re-run); scratch under `BRAZE_LYTICS_WORK_DIR`, removed after
+every try.
+
+**Backfill** (one file per day, each with its own date): UI -> this DAG -> *Backfill*, or
+`airflow backfill create --dag-id braze_segments_to_lytics --from-date 2026-11-01 --to-date 2026-11-03`.
+Braze exports the segment's *current* users: a backfilled day holds today's users under that day's date.
+
+**Manual runs**: pick segments in the form (empty = all). A one-off run: untick "Unpause ... on
+trigger", or the daily schedule starts too.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
+from airflow.sdk import Asset, dag, get_current_context, task, task_group
 
 from braze_lytics.dag_defaults import default_args
 from braze_lytics.sensors.braze_export import BrazeExportSensor
 from braze_lytics.tasks import segments_to_lytics as segment_tasks
+from braze_lytics.trigger_forms import ONE_OFF_NOTE, names_param
 from include.common import settings
 
 LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
@@ -41,12 +50,13 @@ LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # Braze runs one export per segment at a time
+    is_paused_upon_creation=True,  # a manual run must not switch the schedule on
     doc_md=__doc__,
+    description="Braze segment exports -> Lytics CSV over SFTP. " + ONE_OFF_NOTE,
     tags=["braze", "lytics", "export"],
     default_args=default_args(),
     params={
-        "segments": Param([], type="array", items={"type": "string"},
-                          description="Segment names to run (empty: every configured segment)"),
+        "segments": names_param("segments", title="Segments", what="Braze segments (by the pipeline file's names)"),
     },
 )
 def braze_segments_to_lytics():

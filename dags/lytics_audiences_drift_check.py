@@ -52,6 +52,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from braze_lytics.dag_defaults import default_args
 from braze_lytics.tasks import drift as drift_tasks
+from braze_lytics.trigger_forms import names_param
 
 
 @dag(
@@ -60,13 +61,13 @@ from braze_lytics.tasks import drift as drift_tasks
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=True,
     doc_md=__doc__,
     tags=["lytics", "braze", "audiences", "drift"],
     default_args=default_args(),
     params={
-        "audiences": Param([], type="array", items={"type": "string"},
-                           description="Audience slugs to check (empty: every configured audience)"),
-        "repair": Param(None, type=["null", "boolean"],
+        "audiences": names_param("audiences", title="Audiences", what="Lytics audiences (by slug) to check"),
+        "repair": Param(None, type=["null", "boolean"], title="Repair",
                         description="Queue drifted users for the next sync run (empty: the configuration's "
                                     "drift_repair)"),
     },

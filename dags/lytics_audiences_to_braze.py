@@ -1,40 +1,39 @@
 """
-### Lytics audiences -> Braze (`lytics_segments` add/remove)
+### Lytics audiences -> Braze (`lytics_segments` add/remove) - runbook
 
-**plan_audiences** reads the `lytics_to_braze:` section of the pipeline configuration once; every
-later task of the run (a cleared one too) uses that frozen copy. Then, for each audience:
+Keeps a Braze array attribute (default `lytics_segments`) equal to each user's Lytics audiences,
+sending only what changed since the last **committed** run. One run at a time.
 
-1. **snapshot_audience** (one mapped task per audience) - scan its members
-   (`GET /api/segment/{id}/scan`, `_next` paging) into a Parquet snapshot in the state store.
-   A scan that disagrees with Lytics' own `total` fails here; nothing is written.
-2. **plan_changes** - diff each snapshot against the last *committed* one (entered -> add,
-   left -> remove), merge per user across audiences, add users Braze rejected last time, and
-   split into a bounded number of chunks. The **guard** checks every audience: too many removes
-   (`max_remove_share`), a scan short of its total, too many members without the id field
-   (`max_missing_id_share`); its verdict and numbers go into the plan.
-3. **approve_changes** - only when the guard tripped: waits (state `awaiting_input`, no slot
-   held) for the on-call person under **Required actions**. Approve: deliver. Reject, or no
-   answer within `approval_timeout_hours`: the run fails, nothing sent, nothing committed.
-   Skipped when the guard did not trip (or on a dry run, or with `allow_large_change`).
-4. **deliver_chunk** (mapped per chunk, pool `braze_api`) - `POST /users/track` in batches of
-   <= 75, paced by a client-side rate limiter that also obeys Braze's headers; checkpointed, so a
-   cleared or killed task resumes.
-5. **commit** - only when every chunk is delivered (or dead-lettered) do the new snapshots
-   become the committed ones.
-6. **report** - members, adds, removes, skipped, requests, retries, dead-lettered, data points,
-   the guard's verdict.
+| task | what it does | a failure means | safe to clear? (what it re-sends) |
+|---|---|---|---|
+| **plan_audiences** | reads the pipeline file once (the run's frozen copy); names audiences no longer configured | invalid file: the log lists every problem | yes (nothing sent) |
+| **snapshot_audience** (per audience) | scans the members into a snapshot; a scan that disagrees with Lytics' `total` fails here and is never used | Lytics token/network, or an inconsistent scan (not retried: the next run scans again) | yes (nothing sent) |
+| **plan_changes** | diffs against the committed snapshot, adds Braze's earlier rejections and drift repairs, splits into chunks; **the guard** checks every audience | state store unreadable/unwritable | yes (a finished plan is reused, not recomputed) |
+| **approve_changes** | only when the guard tripped: waits under **Browse -> Required actions** (state `awaiting_input`, no slot held) | *Reject* or no answer within `approval_timeout_hours`: nothing sent, nothing committed | yes: asks again |
+| **deliver_chunk** (per chunk, pool `braze_api`) | `POST /users/track`, <= 75 users per request, paced under the workspace limit, checkpointed | Braze kept failing (5xx/429 past the retries) or refused the key | yes: resumes after its last checkpoint (re-sends < 36 requests; Braze treats add/remove as sets, so re-sending is harmless) |
+| **commit** | makes the new snapshots the committed ones, parks users Braze rejected `park_after_runs` runs in a row, deletes retired audiences' state | a chunk was not delivered | yes |
+| **report** | the run's numbers (log, XCom, asset event, **Run report** tab); deletes old runs' leftovers | the run did not commit (see the other tasks) | yes (reporting only) |
 
-Audiences that were synced and then taken out of the configuration keep their slug on every
-Braze profile; planning names them in a warning. List them under `retire:` (or trigger a run with
-the `retire` param) to remove the slug from their members (through the guard) and delete their
-state. Users Braze rejects are re-sent by the next runs, then *parked* after `park_after_runs`
-runs (reported, no longer sent). Ids Braze can never accept (empty, > 255 characters, control
-characters) are left out when scanned and reported as "invalid ids". Files of old runs are
-deleted after `prune_after_days` (never a committed snapshot).
+**When the guard stops a run** (too many removes, a short scan, many members without the id
+field): open *Required actions*, read the table (members before/after, adds, removes, sample ids).
+*Approve* if the change is real (an audience redefined on purpose), *Reject* if Lytics is wrong
+(e.g. `id_field` renamed: fix the pipeline file). A manual run with `allow_large_change` does not wait.
 
-Params: `audiences` (subset), `retire`, `dry_run` (plan and write payloads to a file, send and commit
-nothing), `full_resync` (re-send current membership, remove users who left),
-`allow_large_change` (a tripped guard is recorded but the run does not wait for approval).
+**Skipping a failed run is safe**: nothing is committed until every chunk is delivered, so the
+next run diffs against the same state and re-sends what is missing.
+
+**Files** (state store, `state_url`): `runs/<run>/plan.json` (plan and guard verdict),
+`runs/<run>/planned_payloads.jsonl` (dry runs), `dead_letter/pending/` (rejected users, retried),
+`dead_letter/parked/` (given up after `park_after_runs`), `audiences/<slug>/committed.json` (the
+commit pointer). Old runs' files go after `prune_after_days`.
+
+**Retire** an audience taken out of the file: list it under `retire:` or trigger with the `retire`
+param; its slug is removed from every member in Braze (through the guard) and its state deleted.
+
+**Backfills** do not apply: a run syncs *current* membership whatever its logical date.
+
+**Manual runs**: the form picks audiences; a one-off run (e.g. a dry run): untick "Unpause ... on
+trigger", or the hourly schedule starts too.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from braze_lytics.dag_defaults import default_args
 from braze_lytics.tasks import audiences_to_braze as audience_tasks
+from braze_lytics.trigger_forms import ONE_OFF_NOTE, flag, names_param
 from include.common import settings
 
 BRAZE_PROFILES = Asset("braze_lytics://braze/lytics_segments")
@@ -56,21 +56,24 @@ BRAZE_PROFILES = Asset("braze_lytics://braze/lytics_segments")
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # runs diff against each other's commits: one at a time
+    is_paused_upon_creation=True,  # a manual (dry) run must not switch the hourly sync on
     doc_md=__doc__,
+    description="Lytics audience membership -> Braze lytics_segments (deltas only). " + ONE_OFF_NOTE,
     tags=["lytics", "braze", "audiences"],
     default_args=default_args(),
     params={
-        "audiences": Param([], type="array", items={"type": "string"},
-                           description="Audience slugs to sync (empty: every configured audience)"),
-        "dry_run": Param(False, type="boolean", description="Plan only: write the payloads to a file, send nothing"),
-        "full_resync": Param(False, type="boolean",
-                             description="Re-send current membership as adds; remove users who left"),
-        "retire": Param([], type="array", items={"type": "string"},
-                        description="Audiences no longer configured whose slug is removed from every Braze profile "
-                                    "it was delivered to (their state is then deleted); goes through the guard"),
-        "allow_large_change": Param(False, type="boolean",
-                                    description="A known large change: do not wait for approval when the guard "
-                                                "trips (its verdict is still recorded and logged)"),
+        "audiences": names_param("audiences", title="Audiences", what="Lytics audiences (by slug)"),
+        "dry_run": flag("Dry run", "Plan only: write the request bodies to runs/<run>/planned_payloads.jsonl in the "
+                        "state store and show the numbers; send and commit nothing."),
+        "full_resync": flag("Full resync", "Re-send every current member as an add (and remove users who left), "
+                            "e.g. after the attribute was wiped in Braze. Re-delivers everything."),
+        "allow_large_change": flag("Allow a large change", "A change known to be large (an audience redefined on "
+                                   "purpose): the guard's verdict is recorded, but the run does not wait for approval."),
+        "retire": Param([], type="array", items={"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"},
+                        title="Retire audiences",
+                        description="Slugs of audiences no longer in the pipeline file: their slug is removed from "
+                                    "every Braze profile it was delivered to (through the guard), then their state "
+                                    "is deleted."),
     },
 )
 def lytics_audiences_to_braze():
