@@ -34,6 +34,7 @@ from include.audiences_to_braze import run_files
 from include.audiences_to_braze.diff import attribute_batches
 from include.audiences_to_braze.planning import PlanOptions
 from include.clients.state_store import StateStore
+from include.common.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def deliver_chunk(store: StateStore, run_key: str, index: int, track: Callable, 
     if start:
         log.info("Chunk %d: resuming after row %d of %d", index, start, table.num_rows)
     batches = attribute_batches(table.slice(start), options.attribute, options.batch_size)
+    shown = Progress(log, f"Delivering chunk {index}", total=table.num_rows, unit="users")
+    shown.set(start)
     stop = threading.Event()  # set when a batch failed: the queued ones are not sent
 
     def send(batch: list[dict]):
@@ -121,6 +124,7 @@ def deliver_chunk(store: StateStore, run_key: str, index: int, track: Callable, 
                     raise error from None
             raise
         _record(progress, batch, result, options.attribute)
+        shown.set(progress["rows_done"])
         recorded += 1
         if recorded % CHECKPOINT_EVERY == 0:
             store.write_json(progress_key, progress)
@@ -144,6 +148,7 @@ def deliver_chunk(store: StateStore, run_key: str, index: int, track: Callable, 
             store.write_json(progress_key, progress)  # keep the finished prefix: a retry resumes after it
         raise
     pool.shutdown(wait=True)
+    shown.done()
     progress["done"] = True
     store.write_json(progress_key, progress)
     # `sent` counts the objects Braze accepted: the rejected ones are already left out of it.

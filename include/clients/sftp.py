@@ -50,6 +50,7 @@ from include.common.errors import (
     PermanentError,
     TransientError,
 )
+from include.common.progress import Progress
 from include.common.retry import RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,10 @@ def _put_atomic(sftp, fileobj, size: int, remote_path: str, settings: SftpSettin
     tmp = posixpath.join(remote_dir, f".{final_name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
     step = "uploading"
     try:
-        sftp.putfo(fileobj, tmp, file_size=size, confirm=True)  # confirm: stat and compare the size
+        progress = Progress(log, f"Uploading {shown or remote_path}", total=size, unit="bytes")
+        sftp.putfo(fileobj, tmp, file_size=size, confirm=True,  # confirm: stat and compare the size
+                   callback=lambda sent, _total: progress.set(sent))
+        progress.done()
         step = "renaming into place"
         _rename_over(sftp, tmp, remote_path)
     except BaseException as exc:

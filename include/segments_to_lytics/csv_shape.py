@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -27,8 +28,11 @@ from pathlib import Path
 import orjson
 
 from include.common.errors import ConfigError
+from include.common.progress import Progress
 from include.segments_to_lytics.duplicate_ids import PartRows, find_duplicates, id_digest, join_parts
 from include.segments_to_lytics.export_files import contiguous_runs, detect_kind, iter_records, member_groups
+
+log = logging.getLogger(__name__)
 
 QUARANTINE_HEADER = ["source", "line", "reason", "record"]
 _BATCH = 2000
@@ -234,10 +238,24 @@ Unit = tuple[Path, "list[str] | None"]  # an export file and the zip members to 
 
 
 def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: dict,
-                rows_path: Path, rejects_path: Path) -> tuple[ShapeStats, PartRows]:
+                rows_path: Path, rejects_path: Path, label: str = "Shaping") -> tuple[ShapeStats, PartRows]:
     records = itertools.chain.from_iterable(iter_records(path, kind, members, **read_options)
                                             for path, members in units)
-    return shaper.write_part(records, rows_path, rejects_path)
+    progress = Progress(log, label, total=None, unit="records")
+    try:
+        return shaper.write_part(_counted(records, progress), rows_path, rejects_path)
+    finally:
+        progress.done()
+
+
+def _counted(records, progress: Progress, every: int = 20_000):
+    """The records, unchanged; the progress told every `every` records (a line at most every 30 s)."""
+    n = 0
+    for n, record in enumerate(records, 1):  # noqa: B007 - n is read after the loop
+        yield record
+        if not n % every:
+            progress.set(n)
+    progress.set(n)
 
 
 def _work_groups(exports: list[Path], workers: int) -> list[list[Unit]]:
@@ -275,8 +293,9 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
 
             # fork: workers start in milliseconds and inherit the imported modules.
             with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_shape_part, shaper, kind, g, read_options, *p)
-                           for g, p in zip(groups, paths, strict=True)]
+                futures = [pool.submit(_shape_part, shaper, kind, g, read_options, *p,
+                                       label=f"Shaping (worker {i + 1} of {len(groups)})")
+                           for i, (g, p) in enumerate(zip(groups, paths, strict=True))]
                 _import_numpy_meanwhile()  # needed for the duplicate check; the parent is idle now
                 results = [f.result() for f in futures]
         stats = ShapeStats()

@@ -21,6 +21,7 @@ import requests
 
 from include.common.errors import ConfigError, PermanentError, TransientError
 from include.common.http import redact_url, request
+from include.common.progress import Progress
 from include.common.retry import RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
@@ -154,13 +155,18 @@ class BrazeExportClient:
                 raise PermanentError(f"the Braze export link {redact_url(url, keep_path=False)} answered an HTML "
                                      f"page, not the export file. Clear the segment's task group to re-export.")
             size = 0
+            length = resp.headers.get("Content-Length")
+            progress = Progress(log, "Downloading the Braze export", total=int(length) if length and length.isdigit()
+                                else None, unit="bytes")
             try:
                 with resp, open(tmp, "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
                         out.write(chunk)
                         size += len(chunk)
+                        progress.advance(len(chunk))
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 raise TransientError(f"download of {redact_url(url, keep_path=False)} broke off after {size} bytes: {type(exc).__name__}") from None
+            progress.done()
             expected = resp.headers.get("Content-Length")
             if expected is not None and int(expected) != size:
                 raise TransientError(f"download of {redact_url(url, keep_path=False)} got {size} of {expected} bytes")

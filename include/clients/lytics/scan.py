@@ -44,6 +44,7 @@ import requests
 
 from include.common.errors import ConfigError, NotFoundError, PermanentError, TransientError
 from include.common.http import request
+from include.common.progress import Progress
 from include.common.retry import RetryPolicy, retry_call
 
 if TYPE_CHECKING:  # pyarrow is imported where it is used: hooks/DAGs import this module at parse time
@@ -57,7 +58,6 @@ MAX_EMPTY_PAGES = 25  # pages in a row with no members but a `_next` token, befo
 TOTAL_TOLERANCE_SHARE = 0.01  # members read may differ from Lytics' `total` by this share of it ...
 TOTAL_TOLERANCE_MEMBERS = 10  # ... or by this many members, whichever is larger
 _IDS_PER_CHUNK = 100_000  # ids held as Python strings before they move into one pyarrow chunk
-_PROGRESS_EVERY = 10_000  # pages between progress log lines (1M members at limit=100)
 _AUTH_HINT = (
     "Lytics rejected the API token (password of connection lytics_default); check that it is "
     "current and that its role may read audiences."
@@ -253,8 +253,9 @@ class LyticsClient:
             if first_page:
                 total_first = total
             total_last = total
-            if effort.pages % _PROGRESS_EVERY == 0:
-                log.info("Lytics audience %r: %d pages, %d members read so far", segment_id, effort.pages, seen)
+            if first_page:
+                shown = Progress(log, f"Scanning Lytics audience {segment_id!r}", total=total, unit="members")
+            shown.set(seen)
             for member in data:
                 seen += 1
                 value = _usable_id(member.get(id_field) if isinstance(member, dict) else None)

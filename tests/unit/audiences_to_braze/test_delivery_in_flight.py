@@ -145,3 +145,14 @@ def test_in_flight_must_be_positive(tmp_path):
     _chunk(store, 10)
     with pytest.raises(ValueError, match="in_flight"):
         deliver_chunk(store, RUN, 0, FakeTrack(), OPTIONS, in_flight=0)
+
+
+def test_progress_is_logged_every_ten_percent_of_the_chunk_and_from_the_resume_point(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="include.audiences_to_braze.delivery")
+    store = StateStore(str(tmp_path))
+    _chunk(store, 1_000)
+    deliver_chunk(store, RUN, 0, FakeTrack(max_delay=0.0), OPTIONS, in_flight=4)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Delivering chunk 0")]
+    assert lines == [f"Delivering chunk 0: {p}% ({p * 10:,} of 1,000 users)" for p in range(10, 101, 10)]
