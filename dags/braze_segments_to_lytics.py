@@ -60,13 +60,13 @@ LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
     },
 )
 def braze_segments_to_lytics():
-    @task
+    @task(execution_timeout=timedelta(minutes=30))
     def plan_segments(params=None) -> list[dict]:
         return segment_tasks.plan_segments(params["segments"])
 
     @task_group(group_id="segment")
     def per_segment(segment: dict):
-        @task(map_index_template="{{ segment_label }}")
+        @task(map_index_template="{{ segment_label }}", execution_timeout=timedelta(minutes=30))
         def start_export(segment: dict) -> dict:
             return segment_tasks.start_export(segment, get_current_context())
 
@@ -80,7 +80,7 @@ def braze_segments_to_lytics():
         ready >> report
         return report
 
-    @task(trigger_rule="all_done", retries=0, outlets=[LYTICS_FILES])
+    @task(trigger_rule="all_done", outlets=[LYTICS_FILES], execution_timeout=timedelta(minutes=30))
     def summarize(reports, segments: list[dict]) -> dict:
         summary = segment_tasks.summarize(reports, segments)
         get_current_context()["outlet_events"][LYTICS_FILES].extra = summary

@@ -77,7 +77,7 @@ BRAZE_PROFILES = Asset("braze_lytics://braze/lytics_segments")
     },
 )
 def lytics_audiences_to_braze():
-    @task
+    @task(execution_timeout=timedelta(minutes=30))
     def plan_audiences(params=None) -> list[dict]:
         return audience_tasks.plan_audiences(params, get_current_context())
 
@@ -85,7 +85,7 @@ def lytics_audiences_to_braze():
     def snapshot_audience(audience: dict, config: dict) -> dict:
         return audience_tasks.snapshot_audience(audience, config, get_current_context())
 
-    @task
+    @task(execution_timeout=timedelta(hours=2))
     def plan_changes(scans, config: dict) -> list[int]:
         return audience_tasks.plan_changes(scans, config, get_current_context())
 
@@ -96,11 +96,11 @@ def lytics_audiences_to_braze():
     def deliver_chunk(chunk: int, config: dict) -> dict:
         return audience_tasks.deliver_chunk(chunk, config, get_current_context())
 
-    @task(trigger_rule="none_failed")
+    @task(trigger_rule="none_failed", execution_timeout=timedelta(minutes=30))
     def commit(config: dict) -> dict | None:
         return audience_tasks.commit(config, get_current_context())
 
-    @task(trigger_rule="all_done", retries=0, outlets=[BRAZE_PROFILES])
+    @task(trigger_rule="all_done", outlets=[BRAZE_PROFILES], execution_timeout=timedelta(minutes=30))
     def report(config: dict | None) -> dict:
         summary = audience_tasks.report(config, get_current_context())
         get_current_context()["outlet_events"][BRAZE_PROFILES].extra = {

@@ -35,8 +35,7 @@ def test_dags_have_tags_docs_and_retries(dagbag):
         assert dag.doc_md, f"{dag_id} has no doc_md"
         assert not dag.catchup, f"{dag_id} would backfill from start_date on first deploy"
         for task in dag.tasks:
-            if task.task_id not in ("summarize", "report"):  # reporting only; re-run by hand
-                assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
 
 
 def test_b2l_tasks_are_mapped_per_segment_and_labelled(dagbag):
