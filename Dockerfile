@@ -1,8 +1,50 @@
-# Airflow image with this project's pinned requirements (the same pins the tests run on).
+# syntax=docker/dockerfile:1
+# The one image every Airflow component runs - api-server, scheduler, dag-processor, triggerer,
+# Celery workers (docker-compose.yaml), or KubernetesExecutor pods through the official Helm
+# chart (docs/deployment.md) - with this project baked in. The base tag follows requirements.txt's
+# apache-airflow pin (tests/test_docker_compose.py checks it).
 FROM apache/airflow:3.3.2-python3.11
+
 USER root
-RUN apt-get update && apt-get install -y --no-install-recommends gnupg openssh-client \
+# gnupg: PGP encryption/decryption (python-gnupg runs the gpg binary).
+# openssh-client: ssh-keyscan/sftp, to look up and check the SFTP host key a connection pins.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gnupg openssh-client \
+    && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 USER airflow
-COPY requirements.txt /requirements.txt
-RUN pip install --no-cache-dir -r /requirements.txt
+
+# Production pins only; requirements-dev.txt (tests, lint, benchmarks, demo) stays out of the
+# image. The file pins apache-airflow itself, so pip cannot move Airflow off the base version.
+COPY --chown=airflow:0 requirements.txt /opt/airflow/requirements.txt
+RUN pip install --no-cache-dir -r /opt/airflow/requirements.txt
+
+# The compose stack also needs what the base image brings and requirements.txt does not pin (the
+# Celery executor, FAB auth manager, Postgres and Redis clients): fail here, not at start-up, if
+# the pins above broke one of them.
+RUN python -c "import airflow.providers.celery, airflow.providers.fab, airflow.providers.postgres, airflow.providers.redis, psycopg2, redis"
+
+# The project: `include` (the core) and `braze_lytics` (the Airflow glue) become installed
+# packages, the DAG files go into the DAGs folder. Baked in, not mounted: every container on
+# every machine runs the same code; rebuild to change it.
+COPY --chown=airflow:0 pyproject.toml /opt/airflow/src/pyproject.toml
+COPY --chown=airflow:0 include /opt/airflow/src/include
+COPY --chown=airflow:0 plugins /opt/airflow/src/plugins
+RUN cd /opt/airflow/src \
+    && pip install --no-cache-dir --no-deps . \
+    && cd /opt/airflow \
+    && rm -rf /opt/airflow/src
+COPY --chown=airflow:0 dags /opt/airflow/dags
+# Airflow finds plugins in its plugins folder (or through an `airflow.plugins` entry point, which
+# pyproject.toml does not declare): this one file hands it the installed package's plugin.
+COPY --chown=airflow:0 <<'EOF' /opt/airflow/plugins/braze_lytics_plugin.py
+"""The Braze <-> Lytics plugin from the installed `braze_lytics` package (see the Dockerfile)."""
+import importlib.util
+
+if importlib.util.find_spec("braze_lytics.plugin") is not None:
+    from braze_lytics.plugin import *  # noqa: F401,F403 - Airflow picks up the AirflowPlugin subclass
+EOF
+
+# Mount points of the compose file's volumes: created here, so the named volumes start out
+# owned by the airflow user. quarantine = BRAZE_LYTICS_QUARANTINE_DIR, work = BRAZE_LYTICS_WORK_DIR.
+RUN mkdir -p /opt/airflow/quarantine /opt/airflow/work

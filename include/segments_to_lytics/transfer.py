@@ -52,8 +52,12 @@ class TransferJob:
 
     @property
     def quarantine_path(self) -> Path:
-        seg = self.segment
-        return self.quarantine_dir / seg.name / f"{seg.file_root}_{self.ds_nodash}.quarantine.csv"
+        return quarantine_file(self.quarantine_dir, self.segment.name, self.segment.file_root, self.ds_nodash)
+
+
+def quarantine_file(quarantine_dir: Path, segment_name: str, file_root: str, ds_nodash: str) -> Path:
+    """Where a segment's rejected rows of one day go (replaced on re-run); the run report serves it."""
+    return Path(quarantine_dir) / segment_name / f"{file_root}_{ds_nodash}.quarantine.csv"
 
 
 def looks_encrypted(path: Path) -> bool:
