@@ -1,6 +1,7 @@
 """Benchmark of the Lytics -> Braze audience diff against DuckDB, in one command.
 
     .venv/bin/python -m bench.run_l2b_diff [--members 10000000] [--churn 0.01] [--out bench/results_l2b_diff.md]
+    .venv/bin/python -m bench.run_l2b_diff --members 100000000     # the out-of-core step (bench/l2b_diff_100m.py)
 
 What is compared (one audience, `--members` ids, `--churn` of them left and as many new ones came):
 
@@ -27,6 +28,13 @@ polling every 20 ms, or the worker's own VmHWM read before exit, whichever is la
 may use both CPUs (DuckDB its default thread pool; ours is single-threaded). Checks: ours and
 DuckDB's add/remove sets are identical to what the generator changed, in every run.
 The command reports; it does not gate (exit 0 even when a target is missed).
+
+The in-memory rows also get a context row for the streamed diff (`diff_files.diff_snapshot_files`
+straight from the two Parquet files, the same reads inside the clock as DuckDB's `read_parquet`).
+From `--members 50000000` on (or with `--out-of-core`) the command runs the *out-of-core* step
+instead: that streamed diff against DuckDB's two anti-joins on `read_parquet`, with today's
+in-memory path as context (bench/l2b_diff_100m.py explains it; report: bench/results_l2b_diff_100m.md).
+Data of 20M members or more is generated streaming (bench/l2b_diff_data.py).
 """
 
 from __future__ import annotations
@@ -74,19 +82,34 @@ def _write_ids(path: str, **arrays) -> None:
             writer.write_table(ordered)
 
 
+def _parquet_file(path: str):
+    """A snapshot file opened the way the pipeline opens one to stream it (StateStore.parquet_file)."""
+    from include.clients.state_store import StateStore
+
+    directory, name = os.path.split(path)
+    return StateStore(directory).parquet_file(name)
+
+
 def task_ours(t: dict) -> dict:
     import pyarrow.compute as pc
 
     from include.audiences_to_braze.diff import AudienceChanges, diff_audience, merge_changes
 
-    timed_read = t.get("read_in_clock", False)
+    streamed = t.get("files", False)
+    if streamed:  # imported only here: the other variants run exactly what they ran before it existed
+        from include.audiences_to_braze import diff_files
+    timed_read = t.get("read_in_clock", False) or streamed
     if not timed_read:
         previous, current = _read_ids(t["previous"]), _read_ids(t["current"])
     start = time.perf_counter()
-    if timed_read:
+    if streamed:  # opening the files (footers) is inside the clock; the reading is inside the diff
+        changes = diff_files.diff_snapshot_files("bench", _parquet_file(t["current"]), _parquet_file(t["previous"]))
+    elif timed_read:
         previous, current = _read_ids(t["previous"]), _read_ids(t["current"])
     read_done = time.perf_counter()
-    if t.get("hash"):  # the is_in (hash anti-join) variant, for context
+    if streamed:
+        pass
+    elif t.get("hash"):  # the is_in (hash anti-join) variant, for context
         adds = current.filter(pc.invert(pc.is_in(current, value_set=previous)))
         removes = previous.filter(pc.invert(pc.is_in(previous, value_set=current)))
         changes = AudienceChanges("bench", adds, removes)
@@ -96,9 +119,14 @@ def task_ours(t: dict) -> dict:
     table = merge_changes([changes])
     end = time.perf_counter()
     _write_ids(t["out"], adds=changes.adds, removes=changes.removes)
-    return {"seconds": end - start, "read_s": read_done - start, "diff_s": diff_done - read_done,
-            "merge_s": end - diff_done, "rows": table.num_rows, "adds": len(changes.adds),
-            "removes": len(changes.removes)}
+    if streamed:  # the diff ran before read_done: report it as the diff
+        read_done, diff_done = start, read_done
+    result = {"seconds": end - start, "read_s": read_done - start, "diff_s": diff_done - read_done,
+              "merge_s": end - diff_done, "rows": table.num_rows, "adds": len(changes.adds),
+              "removes": len(changes.removes)}
+    if streamed:
+        result.update(block_rows=diff_files.BLOCK_ROWS, prefetch=diff_files.PREFETCH)
+    return result
 
 
 def task_duckdb(t: dict) -> dict:
@@ -106,6 +134,8 @@ def task_duckdb(t: dict) -> dict:
     import pyarrow as pa
 
     con = duckdb.connect()
+    if t.get("temp_dir"):  # where it would spill (the default is `.tmp` in the working directory: the repo)
+        con.execute(f"SET temp_directory = '{t['temp_dir']}'")
     if t.get("read_in_clock"):
         sources = {"prev": f"read_parquet('{t['previous']}')", "cur": f"read_parquet('{t['current']}')"}
     else:
@@ -119,11 +149,26 @@ def task_duckdb(t: dict) -> dict:
     removes = con.sql(f"SELECT id FROM {sources['prev']} AS p ANTI JOIN {sources['cur']} AS c USING (id)").to_arrow_table()
     end = time.perf_counter()
     threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
+    memory_limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    temp_directory = con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
+    spilled = _tree_bytes(temp_directory) if temp_directory else 0  # left over only if it spilled and kept files
     con.close()
     adds_arr, removes_arr = adds.column("id").combine_chunks(), removes.column("id").combine_chunks()
     _write_ids(t["out"], adds=adds_arr, removes=removes_arr)
     return {"seconds": end - start, "adds": len(adds_arr), "removes": len(removes_arr), "threads": threads,
-            "version": duckdb.__version__}
+            "version": duckdb.__version__, "memory_limit": memory_limit, "temp_directory": temp_directory,
+            "temp_left_bytes": spilled}
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
 
 
 def task_prep(t: dict) -> dict:
@@ -161,7 +206,19 @@ def task_prep(t: dict) -> dict:
     return {"seconds": 0.0, "previous": len(previous_n), "current": len(current_n), "changed": changed}
 
 
-TASKS = {"ours": task_ours, "duckdb": task_duckdb, "prep": task_prep}
+def task_prep_stream(t: dict) -> dict:
+    """The same data set, generated a slice at a time (for audiences too large to build in memory)."""
+    from bench.l2b_diff_data import generate, same_layout_as_write_snapshot
+
+    meta = generate(t["dir"], t["members"], t["churn"], t["seed"])
+    meta["layout_as_write_snapshot"] = same_layout_as_write_snapshot(t["dir"])
+    meta["seconds"] = 0.0
+    return meta
+
+
+TASKS = {"ours": task_ours, "duckdb": task_duckdb, "prep": task_prep, "prep_stream": task_prep_stream}
+STREAM_PREP_FROM = 20_000_000  # members from which the data is generated streaming (bench/l2b_diff_data.py)
+OUT_OF_CORE_FROM = 50_000_000  # members from which the command runs the out-of-core step
 
 
 def worker_main(arg: str) -> None:
@@ -199,7 +256,8 @@ def prepare(members: int, churn: float, seed: int, run_worker) -> tuple[Path, di
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     started = time.perf_counter()
-    run = run_worker({"task": "prep", "dir": str(directory), "members": members, "churn": churn, "seed": seed})
+    task = "prep_stream" if members >= STREAM_PREP_FROM else "prep"
+    run = run_worker({"task": task, "dir": str(directory), "members": members, "churn": churn, "seed": seed})
     meta = dict(run.info, generated_in_s=round(time.perf_counter() - started, 1))
     meta_path.write_text(json.dumps(meta))
     return directory, meta, False
@@ -211,12 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results_l2b_diff.md"))
+    parser.add_argument("--out", help="report file (default bench/results_l2b_diff.md, "
+                        "bench/results_l2b_diff_100m.md for the out-of-core step)")
+    parser.add_argument("--out-of-core", action="store_true",
+                        help=f"run the out-of-core step (the default from {OUT_OF_CORE_FROM:,} members)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker_main(args.worker)
         return 0
+    args.out_of_core = args.out_of_core or args.members >= OUT_OF_CORE_FROM
+    if args.out is None:
+        args.out = str(REPO / "bench" / ("results_l2b_diff_100m.md" if args.out_of_core else "results_l2b_diff.md"))
 
     import pyarrow as pa
 
@@ -233,13 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     files = {n: str(directory / f"{n}.parquet") for n in ("previous", "current")}
     expected = {op: _read_ids(str(directory / f"expected_{op}.parquet")) for op in ("adds", "removes")}
     work = Path(tempfile.mkdtemp(prefix="l2b-diff-"))
-    variants = {
-        "ours": {"task": "ours"},
-        "duckdb": {"task": "duckdb"},
-        "ours_parquet": {"task": "ours", "read_in_clock": True},
-        "duckdb_parquet": {"task": "duckdb", "read_in_clock": True},
-        "ours_hash": {"task": "ours", "hash": True},
-    }
+    if args.out_of_core:
+        from bench import l2b_diff_100m
+
+        variants = l2b_diff_100m.variants(str(work / "duckdb-tmp"))
+    else:
+        variants = {
+            "ours": {"task": "ours"},
+            "duckdb": {"task": "duckdb"},
+            "ours_parquet": {"task": "ours", "read_in_clock": True},
+            "duckdb_parquet": {"task": "duckdb", "read_in_clock": True},
+            "ours_hash": {"task": "ours", "hash": True},
+            "ours_files": {"task": "ours", "files": True},
+        }
     runs: dict[str, list[Run]] = {name: [] for name in variants}
     errors: dict[str, str] = {}
     checks: list[str] = []
@@ -276,9 +346,21 @@ def main(argv: list[str] | None = None) -> int:
             r.limit_ratio, r.limit_rss_mb = TARGET_RATIO, TARGET_RSS_MB
         return r
 
-    duck_version = (runs["duckdb"] or runs["duckdb_parquet"] or [None])[0]
+    duck_version = (runs.get("duckdb") or runs["duckdb_parquet"] or [None])[0]
     duck_version = duck_version.info.get("version", "?") if duck_version else "?"
     report = Report()
+    if args.out_of_core:
+        from bench import l2b_diff_100m
+
+        l2b_diff_100m.fill_report(report, args, runs, row, duck_version, meta, reused, expected, checks)
+        load_end = os.getloadavg()
+        took = time.perf_counter() - began
+        text = l2b_diff_100m.render(args, report, table(report.rows), load_start, load_end, took, pa.__version__)
+        Path(args.out).write_text(text)
+        print()
+        print(table(report.rows))
+        print(f"\nreport written to {args.out}")
+        return 0
     report.rows = [
         row("diff + merge, inputs in memory", "ours", "duckdb",
             f"DuckDB {duck_version}: two ANTI JOINs on registered Arrow tables", f"≤ {TARGET_RATIO}×, ≤ 1 GB"),
@@ -286,10 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             "DuckDB: two ANTI JOINs on read_parquet()", "(context)", limits=False),
         row("hash variant (pc.is_in both ways) + merge, inputs in memory", "ours_hash", "duckdb",
             "DuckDB: two ANTI JOINs on registered Arrow tables", "(context)", limits=False),
+        row("streamed diff (diff_snapshot_files) + merge, straight from both Parquet files", "ours_files",
+            "duckdb_parquet", "DuckDB: two ANTI JOINs on read_parquet()", "(context)", limits=False),
     ]
     labels = {"ours": "ours, inputs in memory", "duckdb": "DuckDB, Arrow tables",
               "ours_parquet": "ours incl. Parquet reads", "duckdb_parquet": "DuckDB read_parquet",
-              "ours_hash": "ours with is_in (hash)"}
+              "ours_hash": "ours with is_in (hash)", "ours_files": "ours streamed from the files"}
     for name, label in labels.items():
         report.detail(label, runs[name])
     best_ours = best(runs["ours"]) if runs["ours"] else None
@@ -308,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         report.facts.append(f"Ours, best run: diff_audience {i['diff_s']:.3f} s + merge_changes {i['merge_s']:.3f} s "
                             f"-> {i['rows']:,} user rows; CPU {best_ours.cpu:.2f} s for the whole process (start-up, imports "
                             "and the multi-threaded Parquet reads included).")
+    if runs["ours_files"]:
+        i = best(runs["ours_files"]).info
+        report.facts.append(f"Ours streamed, best run: diff_snapshot_files {i['diff_s']:.3f} s (reads included; blocks "
+                            f"of {i['block_rows']:,} ids, {i['prefetch']} block read ahead per side by a thread) + "
+                            f"merge_changes {i['merge_s']:.3f} s.")
     if best_duck:
         report.facts.append(f"DuckDB, best run: threads={best_duck.info.get('threads')}, CPU {best_duck.cpu:.2f} s "
                             f"for the whole process; peak RSS {best_duck.rss / MB:.0f} MB.")
@@ -370,7 +459,9 @@ def render(args, report, md_table: str, load_start, load_end, took: float, pa_ve
         "- **Inputs**: both sides read the same two Parquet files (as `write_snapshot` writes them). Main row: "
         "read into Arrow before the clock; DuckDB scans the same Arrow tables (registered, zero-copy). Context "
         "row 2: the reads inside the clock (DuckDB `read_parquet`). Context row 3: the hash anti-join the "
-        "design first called for (`pc.is_in` both ways), to show why the merge replaced it.",
+        "design first called for (`pc.is_in` both ways), to show why the merge replaced it. Context row 4: "
+        "`diff_files.diff_snapshot_files` streaming both files block by block (the out-of-core diff; its 100M "
+        "figures are in results_l2b_diff_100m.md).",
         "",
         "## Facts",
         "",

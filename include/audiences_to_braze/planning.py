@@ -29,14 +29,14 @@ from include.audiences_to_braze.config import SETTING_DEFAULTS, AudienceRef, Aud
 from include.audiences_to_braze.diff import (
     AudienceChanges,
     attribute_batches,
-    diff_audience,
     estimate_data_points,
     merge_changes,
     split_chunks,
 )
+from include.audiences_to_braze.diff_files import diff_snapshot_files
 from include.audiences_to_braze.guard import SAMPLE_REMOVED, GuardLimits, check_audience, describe, verdict
 from include.audiences_to_braze.ids import check_ids
-from include.audiences_to_braze.snapshot import committed_ids, read_snapshot, write_snapshot
+from include.audiences_to_braze.snapshot import committed_file, write_snapshot
 from include.clients.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -152,13 +152,15 @@ def plan_changes(store: StateStore, run_key: str, scans: list[dict], options: Pl
     per_audience: dict[str, dict] = {}
     for scan in scans:
         slug = scan["slug"]
-        current = read_snapshot(store, scan["snapshot"])
-        previous = committed_ids(store, slug)
-        diff = diff_audience(slug, current, previous, existing_users=options.existing_users,
-                             full_resync=options.full_resync)
+        # Streamed block by block: a 100M-member audience diffs in ~0.5 GB (bench/results_l2b_diff_100m.md).
+        current = store.parquet_file(scan["snapshot"])
+        previous = committed_file(store, slug)
+        diff = diff_snapshot_files(slug, current, previous, existing_users=options.existing_users,
+                                   full_resync=options.full_resync)
         changes.append(diff)
         guard = check_audience(
-            slug, members_before=None if previous is None else len(previous), members_after=len(current),
+            slug, members_before=None if previous is None else previous.metadata.num_rows,
+            members_after=current.metadata.num_rows,
             members_read=scan.get("members_seen", scan["members"] + scan["skipped_no_id"]),
             missing_ids=scan["skipped_no_id"] + scan.get("invalid_ids", 0), retire=bool(scan.get("retire")), adds=len(diff.adds), removes=len(diff.removes),
             sample_removed=diff.removes.slice(0, SAMPLE_REMOVED).to_pylist(), total_first=scan.get("total_first"),

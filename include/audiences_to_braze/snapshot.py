@@ -80,7 +80,7 @@ def write_snapshot(store: StateStore, slug: str, run_key: str, ids: pa.Array | p
         key = snapshot_key(slug, f"{run_key}-{n}")
     ids = sorted_unique(ids, what=f"members of audience {slug!r}")
     # Unique ids make a dictionary useless: plain encoding + zstd is smaller and faster.
-    store.write_table(key, pa.table({"id": ids}), use_dictionary=False)
+    store.write_table(key, pa.table({"id": ids}), use_dictionary=False, row_group_size=1 << 20)  # diff_files' blocks
     return key
 
 
@@ -111,6 +111,22 @@ def committed_ids(store: StateStore, slug: str) -> pa.Array | None:
         return None
     try:
         return read_snapshot(store, pointer["snapshot"])
+    except NotFoundError as exc:
+        raise PermanentError(
+            f"commit pointer {store.path(pointer_key(slug))} names snapshot {pointer['snapshot']!r}, "
+            "which is gone: restore it, point `snapshot` at one of `recent`, or delete the pointer "
+            "and run a full resync"
+        ) from exc
+
+
+def committed_file(store: StateStore, slug: str):
+    """The committed snapshot of `slug` as a `pyarrow.parquet.ParquetFile` (read lazily, block by
+    block, by `diff_files`), or None when nothing was committed."""
+    pointer = committed(store, slug)
+    if pointer is None:
+        return None
+    try:
+        return store.parquet_file(pointer["snapshot"])
     except NotFoundError as exc:
         raise PermanentError(
             f"commit pointer {store.path(pointer_key(slug))} names snapshot {pointer['snapshot']!r}, "

@@ -115,16 +115,17 @@ class StateStore:
     def parquet_file(self, key: str):
         """`key` opened as a `pyarrow.parquet.ParquetFile`, to read it batch by batch.
 
-        Local files are memory-mapped; from object stores the (compressed) file is fetched whole.
+        Local files are memory-mapped; from object stores the file is read lazily in 8 MB ranges
+        (the footer first, then each row group as it is read), so memory stays bounded by a block,
+        not the file.
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self._local:
-            full = self._full(key)
-            with self._errors(key, "read"):
+        full = self._full(key)
+        with self._errors(key, "read"):
+            if self._local:
                 return pq.ParquetFile(full, memory_map=True)
-        return pq.ParquetFile(pa.BufferReader(self.read_bytes(key)))
+            return pq.ParquetFile(self.fs.open(full, "rb", block_size=8 << 20))
 
     def modified(self, key: str) -> datetime:
         """When `key` was last written (the filesystem's or object store's timestamp)."""
