@@ -25,8 +25,9 @@ every try.
 `airflow backfill create --dag-id braze_segments_to_lytics --from-date 2026-11-01 --to-date 2026-11-03`.
 Braze exports the segment's *current* users: a backfilled day holds today's users under that day's date.
 
-**Manual runs**: pick segments in the form (empty = all). A one-off run: untick "Unpause ... on
-trigger", or the daily schedule starts too.
+**Manual runs**: pick segments in the form (empty = all). A run only runs while the
+DAG is unpaused, and unpausing starts the daily schedule too: for one-off runs only (e.g. a first dry
+run), set the schedule to `none` (see the README) before unpausing.
 """
 
 from __future__ import annotations

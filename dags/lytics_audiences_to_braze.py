@@ -32,8 +32,9 @@ param; its slug is removed from every member in Braze (through the guard) and it
 
 **Backfills** do not apply: a run syncs *current* membership whatever its logical date.
 
-**Manual runs**: the form picks audiences; a one-off run (e.g. a dry run): untick "Unpause ... on
-trigger", or the hourly schedule starts too.
+**Manual runs**: pick audiences in the form (empty = all). A run only runs while the
+DAG is unpaused, and unpausing starts the hourly schedule too: for one-off runs only (e.g. a first dry
+run), set the schedule to `none` (see the README) before unpausing.
 """
 
 from __future__ import annotations

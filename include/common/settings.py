@@ -119,11 +119,19 @@ def retry_delay_seconds() -> float:
     return _read(RETRY_DELAY_SECONDS, 120.0, _positive_float, "a number of seconds > 0")
 
 
-def segments_schedule() -> str:
-    """Schedule of `braze_segments_to_lytics` (cron expression or preset)."""
-    return _read(SEGMENTS_SCHEDULE, "@daily", str, "a cron expression or preset like @daily")
+def _schedule(text: str) -> str | None:
+    """A cron expression or preset; `none` (or `manual`) = no schedule: manual and backfill runs only."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty")
+    return None if text.lower() in ("none", "manual") else text
 
 
-def audiences_schedule() -> str:
-    """Schedule of `lytics_audiences_to_braze` (cron expression or preset)."""
-    return _read(AUDIENCES_SCHEDULE, "@hourly", str, "a cron expression or preset like @hourly")
+def segments_schedule() -> str | None:
+    """Schedule of `braze_segments_to_lytics` (cron expression or preset; `none`: manual runs only)."""
+    return _read(SEGMENTS_SCHEDULE, "@daily", _schedule, "a cron expression, a preset like @daily, or none")
+
+
+def audiences_schedule() -> str | None:
+    """Schedule of `lytics_audiences_to_braze` (cron expression or preset; `none`: manual runs only)."""
+    return _read(AUDIENCES_SCHEDULE, "@hourly", _schedule, "a cron expression, a preset like @hourly, or none")

@@ -6,9 +6,12 @@ are read when the DAG file is parsed: a few KB of YAML, no network. A pipeline f
 read does not make the DAG vanish: the picker then takes free text, its help text says why, and
 the run's first task fails with the full error.
 
-A manual run from the form must not start scheduled runs as a side effect: the DAGs are created
-paused, and the form's "Unpause ... on trigger" checkbox (on by default in Airflow's UI) is what
-would switch the schedule on. Every form says so (`ONE_OFF_NOTE`).
+A manual run from the form must not start scheduled runs as a side effect. Airflow runs a
+triggered run only while its DAG is unpaused, and unpausing (the form's "Unpause ... on trigger"
+checkbox) also starts the DAG's schedule. So: the DAGs are created paused; where only one-off
+runs are wanted (a first dry run, a test deployment), the schedule is set to `none` through its
+environment variable (or Airflow's `[scheduler] use_job_schedule = False`), and then unpausing
+runs what is triggered and nothing else. Every form says so (`ONE_OFF_NOTE`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from airflow.sdk import Param
 
 log = logging.getLogger(__name__)
 
-ONE_OFF_NOTE = ("A one-off run (a dry run, a backfill, a test): **untick \"Unpause … on trigger\"** below, "
-                "or the DAG's schedule starts too. The DAGs are created paused.")
+ONE_OFF_NOTE = ("Runs start only while the DAG is unpaused, and unpausing also starts its schedule. For one-off "
+                "runs only (a dry run, a test), deploy it with its schedule set to `none` "
+                "(`LYTICS_AUDIENCES_TO_BRAZE_SCHEDULE` / `BRAZE_SEGMENTS_TO_LYTICS_SCHEDULE`) or "
+                "`AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE=False`; the DAGs are created paused.")
 
 
 def configured_names(section: str) -> tuple[tuple[str, ...], str | None]:

@@ -67,7 +67,7 @@ def test_every_param_has_a_title_and_help_and_every_dag_starts_paused(monkeypatc
             schema = dag.params.get_param(name).schema
             assert schema.get("title") and dag.params.get_param(name).description, f"{dag_id}.{name}"
     form = dags(monkeypatch, tmp_path, json.dumps(CONFIG))["lytics_audiences_to_braze"].params.get_param("audiences")
-    assert "Unpause" in form.description  # the one-off note is in the form itself
+    assert "set to `none`" in form.description  # the one-off note is in the form itself
 
 
 def test_an_unreadable_pipeline_file_keeps_the_dags_and_says_why_in_the_form(monkeypatch, tmp_path):

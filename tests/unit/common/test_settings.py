@@ -77,3 +77,20 @@ def test_a_bad_variable_shows_as_the_dags_import_error(tmp_path):
     dags, errors = out.stdout.strip().splitlines()[-2:]
     assert dags == "[]"
     assert "BRAZE_LYTICS_TASK_RETRIES='many'" in errors and "whole number" in errors
+
+
+def test_a_schedule_of_none_means_manual_runs_only(monkeypatch):
+    monkeypatch.setenv(settings.AUDIENCES_SCHEDULE, "none")
+    monkeypatch.setenv(settings.SEGMENTS_SCHEDULE, " Manual ")
+    assert settings.audiences_schedule() is None and settings.segments_schedule() is None
+    monkeypatch.setenv(settings.AUDIENCES_SCHEDULE, "*/15 * * * *")
+    assert settings.audiences_schedule() == "*/15 * * * *"
+
+
+def test_a_manual_only_dag_parses_with_no_schedule(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv(settings.AUDIENCES_SCHEDULE, "none")
+    bag = DagBag(dag_folder="dags")
+    assert bag.import_errors == {}
+    assert type(bag.dags["lytics_audiences_to_braze"].timetable).__name__ == "NullTimetable"  # no scheduled runs
