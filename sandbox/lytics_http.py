@@ -1,9 +1,9 @@
 """HTTP plumbing of the Lytics sandbox: the response type, JSON helpers, request handler, server.
 
-The handler reads and ignores any body (``Content-Length`` only: chunked bodies get a 411,
-oversized ones a 413), hands method, path, query and headers to ``LyticsSandbox._handle`` and
-writes back the :class:`Response` it returns -- or, for ``reset``, aborts the connection with a
-TCP RST. A sandbox bug still gets an HTTP answer (500), protocol-level errors answer JSON too,
+The handler reads any body (``Content-Length`` only: chunked bodies get a 411, oversized ones a
+413), hands method, path, query, headers and body to ``LyticsSandbox._handle`` (only the collect
+endpoints look at the body) and writes back the :class:`Response` it returns -- or, for
+``reset``, aborts the connection with a TCP RST. A sandbox bug still gets an HTTP answer (500), protocol-level errors answer JSON too,
 and the request log never shows the query string (it may carry ``?key=<token>``).
 """
 
@@ -79,10 +79,9 @@ class LyticsHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 resp = error_response(400 if length < 0 else 413, "invalid request body")
             else:
-                if length:
-                    self.rfile.read(length)  # GET-only API: bodies are read and ignored
+                body = self.rfile.read(length) if length else b""
                 try:
-                    resp = sandbox._handle(self.command, path, split.query, self.headers)
+                    resp = sandbox._handle(self.command, path, split.query, self.headers, body)
                 except Exception as e:  # a sandbox bug must still produce an HTTP answer
                     self.logerror_response("internal error: %r", e)
                     resp = error_response(500, f"internal sandbox error: {type(e).__name__}")

@@ -1,6 +1,6 @@
 """A small, strict imitation of the Lytics segment API, served over real HTTP.
 
-Endpoints (all ``GET``, all JSON ``{"status": ..., "message": ..., ...}``):
+Endpoints (``GET`` unless noted, all JSON ``{"status": ..., "message": ..., ...}``):
 
 * ``/api/segment?table=user`` -- the audiences: ``id``, ``slug_name``, ``name``, ``kind``,
   ``table``, ``segment_ql``, ``updated``.
@@ -8,6 +8,9 @@ Endpoints (all ``GET``, all JSON ``{"status": ..., "message": ..., ...}``):
 * ``/api/segment/{id-or-slug}/scan?limit=N&start=<token>&fields=a,b`` -- the members, in
   ascending user index (== ascending ``braze_id``), ``limit`` 1..100 (default 10; more is a
   400), ``_next`` is ``""`` on the last page, ``total`` is the member count *now*.
+
+and the collect endpoints a Braze webhook step posts to (``POST /c/{account}/{stream}?key=...``,
+``POST /collect/json/{stream}``; :mod:`sandbox.lytics_collect`, events recorded in ``collect``).
 
 Auth: ``Authorization: <token>`` (raw -- ``Bearer <token>`` is refused) or, for older clients,
 ``?key=<token>``. The token never appears in logs (the request log drops the query string).
@@ -52,6 +55,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote
 
 from sandbox.background_server import BackgroundHttpServer
+from sandbox.lytics_collect import DEFAULT_ACCOUNT, CollectStore, is_collect_path
 from sandbox.lytics_http import LyticsHandler, LyticsHttpServer, Response, error_response, json_response
 from sandbox.lytics_members import Audience, MembershipStore, user_record
 from sandbox.lytics_scan_tokens import Cursor, TokenError, decode_token, encode_token
@@ -71,7 +75,8 @@ class LyticsSandbox(BackgroundHttpServer):
     """Fake Lytics segment API on loopback. Use as a context manager or start()/stop().
 
     ``store`` is the live :class:`MembershipStore`: change membership through it (``add``,
-    ``remove``, ``churn``) between -- or during -- scans.
+    ``remove``, ``churn``) between -- or during -- scans. ``collect`` is the
+    :class:`~sandbox.lytics_collect.CollectStore` of ``accounts``: the events posted to it.
     """
 
     _server_class = LyticsHttpServer
@@ -88,6 +93,7 @@ class LyticsSandbox(BackgroundHttpServer):
         token_ttl: float = TOKEN_TTL,
         rate_limit_per_sec: float | None = None,
         verbose: bool = False,
+        accounts: Iterable[str] = (DEFAULT_ACCOUNT,),
     ) -> None:
         if not token:
             raise ValueError("token must not be empty")
@@ -99,6 +105,7 @@ class LyticsSandbox(BackgroundHttpServer):
         self.token_ttl = float(token_ttl)
         self.verbose = verbose
         self.store = MembershipStore()
+        self.collect = CollectStore(accounts)
         self._secret = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._audiences: dict[str, Audience] = {}  # id -> audience, in registration order
@@ -220,7 +227,7 @@ class LyticsSandbox(BackgroundHttpServer):
             self._requests.append((method, path, status))
 
     # ------------------------------------------------------------------ handling
-    def _handle(self, method: str, path: str, query: str, headers) -> Response:
+    def _handle(self, method: str, path: str, query: str, headers, body: bytes = b"") -> Response:
         with self._lock:
             injected = self._fail_count > 0
             if injected:
@@ -236,6 +243,8 @@ class LyticsSandbox(BackgroundHttpServer):
             return error_response(401, "Unauthorized")
         if self._limiter is not None and not self._limiter.allow():
             return error_response(429, "rate limit exceeded")
+        if is_collect_path(path):
+            return self.collect.handle(method, path, headers, body)
         if method != "GET":
             return json_response(405, {"message": "method not allowed"}, Allow="GET")
 
@@ -395,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ID:SLUG:POPULATION[:k=v,...]",
         help="repeatable; options: name, seed, id_field, missing_id_every, universe",
     )
+    ap.add_argument("--account", action="append", default=[], metavar="ACCOUNT",
+                    help=f"account number taking collect events; repeatable (default: {DEFAULT_ACCOUNT})")
     ap.add_argument("--token-ttl", type=float, default=TOKEN_TTL, help="seconds a scan token stays valid")
     ap.add_argument("--rate-limit", type=float, default=None, help="requests per second (default: none)")
     ap.add_argument(
@@ -414,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         token_ttl=args.token_ttl,
         rate_limit_per_sec=args.rate_limit,
         verbose=not args.quiet,
+        accounts=args.account or (DEFAULT_ACCOUNT,),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

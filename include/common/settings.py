@@ -43,6 +43,7 @@ TASK_RETRIES = "BRAZE_LYTICS_TASK_RETRIES"
 RETRY_DELAY_SECONDS = "BRAZE_LYTICS_RETRY_DELAY_SECONDS"
 SEGMENTS_SCHEDULE = "BRAZE_SEGMENTS_TO_LYTICS_SCHEDULE"
 AUDIENCES_SCHEDULE = "LYTICS_AUDIENCES_TO_BRAZE_SCHEDULE"
+LYTICS_API_TOKEN = "LYTICS_API_TOKEN"  # only the webhook kit's command, outside Airflow (a secret: never echoed)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "braze_lytics.yaml"
 
@@ -135,3 +136,9 @@ def segments_schedule() -> str | None:
 def audiences_schedule() -> str | None:
     """Schedule of `lytics_audiences_to_braze` (cron expression or preset; `none`: manual runs only)."""
     return _read(AUDIENCES_SCHEDULE, "@hourly", _schedule, "a cron expression, a preset like @hourly, or none")
+
+
+def lytics_api_token() -> str | None:
+    """The Lytics API token of the webhook kit's command run outside Airflow (never a command-line argument)."""
+    raw = os.environ.get(LYTICS_API_TOKEN)
+    return raw.strip() if raw and raw.strip() else None

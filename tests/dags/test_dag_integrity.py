@@ -96,7 +96,7 @@ def test_dags_parse_in_a_mounted_deployment_without_the_project_installed(tmp_pa
                          timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
-    assert last.startswith("['braze_segments_to_lytics', 'lytics_audiences_drift_check', 'lytics_audiences_to_braze'] {} "), last
+    assert last.startswith("['braze_segments_to_lytics', 'lytics_audiences_drift_check', 'lytics_audiences_to_braze', 'lytics_webhook_kit'] {} "), last
     assert last.endswith(str(home / "include" / "__init__.py")), last  # the mounted copy, not the repository
 
 
