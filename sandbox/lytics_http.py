@@ -55,7 +55,7 @@ class LyticsHandler(BaseHTTPRequestHandler):
         if self.server.sandbox.verbose:
             super().log_message(format, *args)
 
-    def logerror_response(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_error(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         super().log_message(format, *args)  # always, even when quiet
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -83,7 +83,7 @@ class LyticsHandler(BaseHTTPRequestHandler):
                 try:
                     resp = sandbox._handle(self.command, path, split.query, self.headers, body)
                 except Exception as e:  # a sandbox bug must still produce an HTTP answer
-                    self.logerror_response("internal error: %r", e)
+                    self.log_error("internal error: %r", e)
                     resp = error_response(500, f"internal sandbox error: {type(e).__name__}")
         if resp.reset:
             sandbox._record(self.command, path, 0)
@@ -117,7 +117,7 @@ class LyticsHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def senderror_response(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol-level errors (bad request line, ...) also answer JSON."""
         self.close_connection = True
         self._send(error_response(code, message or self.responses.get(code, ("Error",))[0]))

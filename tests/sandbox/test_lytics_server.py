@@ -383,3 +383,20 @@ def test_cli_serves(http):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_malformed_request_line_is_answered_in_json_not_html():
+    import json as _json
+    import socket as _socket
+
+    from sandbox.lytics_members import Audience as _Audience
+    from sandbox.lytics_server import LyticsSandbox as _Sandbox
+
+    with _Sandbox("tok", [_Audience("x1", "one", "One", 5)]) as lytics:
+        host, port = lytics.url.split("//")[1].split(":")
+        with _socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"NOT A VALID REQUEST LINE AT ALL\r\n\r\n")
+            answer = sock.recv(65536).decode("latin-1")
+    body = answer.split("\r\n\r\n", 1)[-1]  # (an unparseable request line is answered HTTP/0.9-style: no headers)
+    assert "<html" not in answer.lower()
+    assert _json.loads(body)["status"] == 400  # JSON like every other answer, not the stdlib's HTML page
