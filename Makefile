@@ -1,5 +1,5 @@
 # Shortcuts; each target is one script in scripts/, usable without make.
-.PHONY: setup test demo demo-ui bench lint lock
+.PHONY: setup test demo demo-ui up stop bench lint lock
 
 setup:            ## venv + pinned requirements (+ dev) + the project, editable + openssh-server/gnupg
 	bash scripts/setup.sh
@@ -10,8 +10,13 @@ test:             ## the whole test suite (what CI runs)
 demo:             ## run braze_segments_to_lytics once against the local sandbox
 	bash scripts/demo.sh
 
-demo-ui:          ## sandbox + Airflow UI on http://localhost:8080
-	bash scripts/demo.sh --ui
+demo-ui: up       ## (the same as `make up`)
+
+up:               ## the whole stack in the background: sandboxes, SFTP, S3, Airflow UI on http://127.0.0.1:8080 (admin/admin)
+	bash scripts/up.sh
+
+stop:             ## stop everything `make up` started
+	bash scripts/stop.sh
 
 bench:            ## all benchmarks (prints tables, writes bench/results_*.md; see bench/README.md)
 	bash scripts/setup.sh

@@ -3,9 +3,9 @@
 `python -m sandbox.demo` runs `braze_segments_to_lytics` once (`airflow dags test`) for a
 fixed logical date and shows what landed on the "Lytics" SFTP server, then runs
 `lytics_audiences_to_braze` twice (membership changes in between) and shows Braze's
-resulting `lytics_segments` against the Lytics sandbox. `--ui` keeps the
-sandbox running and starts `airflow standalone` (UI on http://localhost:8080, no login)
-so you can trigger runs, clear tasks and read logs yourself.
+resulting `lytics_segments` against the Lytics sandbox. `--ui` is `scripts/up.sh` now
+(sandbox/stack.py): the whole stack in the background, with the Airflow UI on
+http://127.0.0.1:8080 (login admin / admin), so you can trigger runs, clear tasks and read logs.
 
 Everything lives under `.demo/` in the repository (AIRFLOW_HOME, SFTP root, quarantine).
 The demo uses the shipped configuration `include/config/braze_lytics.yaml` unless
@@ -62,6 +62,8 @@ def airflow_env(braze: BrazeSandbox, sftp: DemoSftpServer, api_key: str, lytics:
     home.mkdir(parents=True, exist_ok=True)
     return {
         **os.environ,  # the project is installed (scripts/setup.sh): no PYTHONPATH
+        # Airflow starts `airflow ...` sub-processes by name: the venv's bin must come first on PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
@@ -116,8 +118,11 @@ def show_audiences(braze: BrazeSandbox, lytics: LyticsSandbox, when: str) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ui", action="store_true", help="start airflow standalone instead of one dags test run")
+    ap.add_argument("--ui", action="store_true", help="the Airflow UI: runs scripts/up.sh (the local stack) instead")
     args = ap.parse_args(argv)
+    if args.ui:
+        print("==> --ui starts the local stack: scripts/up.sh (stop it with scripts/stop.sh)", flush=True)
+        return subprocess.call(["bash", str(REPO / "scripts" / "up.sh")], cwd=REPO)
 
     api_key = secrets.token_urlsafe(24)
     sftp_root = DEMO / "sftp"
@@ -132,10 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         if airflow(env, "db", "migrate") != 0 or airflow(env, "pools", "set", "braze_api", "4", "Braze REST API") != 0:
             print("airflow db migrate / pools set failed", file=sys.stderr)
             return 1
-        if args.ui:
-            print("==> airflow standalone: open http://localhost:8080 and trigger braze_segments_to_lytics "
-                  "(Ctrl-C to stop)")
-            return airflow(env, "standalone")
         code = airflow(env, "dags", "test", "braze_segments_to_lytics", LOGICAL_DATE)
         show_results(sftp_root)
         print("\n==> braze_segments_to_lytics " + ("succeeded." if code == 0 else f"FAILED (exit {code})."))

@@ -10,7 +10,8 @@ command -v gpg >/dev/null 2>&1 || need_apt+=(gnupg)
 command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)  # benchmarks: the reference chain
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # the UI's browser test (Playwright with executable_path)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)  # the local stack's metadata DB  # the UI's browser test (Playwright with executable_path)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

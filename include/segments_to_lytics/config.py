@@ -98,12 +98,21 @@ class SegmentConfig:
         return str(PurePosixPath(self.remote_dir) / self.remote_name(ds_nodash))
 
     def to_dict(self) -> dict[str, Any]:
-        """A small JSON-able form (for XCom / task mapping); `from_dict` reverses it."""
-        return asdict(self)
+        """A small JSON-able form (for XCom / task mapping); `from_dict` reverses it.
+
+        `columns` travels as a list of [column, source] pairs: its order is the CSV header's, and
+        a JSON object's key order does not survive every XCom store (PostgreSQL keeps XCom as
+        JSONB, which sorts keys by length).
+        """
+        data = asdict(self)
+        data["columns"] = [[column, source] for column, source in self.columns.items()]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentConfig:
         data = dict(data)
+        if isinstance(data.get("columns"), list):  # (a mapping: written by an older version, in a run under way)
+            data["columns"] = {column: source for column, source in data["columns"]}
         data["pgp"] = PgpOptions(**data.get("pgp") or {})
         data["drop"] = DropSource(**data["drop"]) if data.get("drop") else None
         data["fields_to_export"] = tuple(data["fields_to_export"])

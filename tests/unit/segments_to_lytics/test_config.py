@@ -135,3 +135,20 @@ def test_selecting_unknown_segment_names_is_refused(tmp_path):
     assert len(cfg.select([])) == 2
     with pytest.raises(ConfigError, match=r"unknown segment name\(s\) \['nope'\]"):
         cfg.select(["nope"])
+
+
+def test_the_column_order_survives_an_xcom_store_that_reorders_keys(tmp_path):
+    """PostgreSQL keeps XCom as JSONB (keys re-ordered); the CSV header must keep the configured order."""
+    import json
+
+    from include.segments_to_lytics.config import SegmentConfig, load_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps({"segments": [{"name": "vip", "segment_id": "s1", "file_root": "vip", "columns": {
+        "braze_id": "external_id", "email": "email", "city": "city", "loyalty_points": "custom_attributes.points",
+        "tier": "custom_attributes.tier"}}]}))
+    segment = load_config(path).segments[0]
+    through_jsonb = json.loads(json.dumps(segment.to_dict(), sort_keys=True))  # any key order at all
+    assert list(SegmentConfig.from_dict(through_jsonb).columns) == ["braze_id", "email", "city", "loyalty_points",
+                                                                     "tier"]
+    assert SegmentConfig.from_dict(through_jsonb) == segment
