@@ -221,7 +221,9 @@ def _remove_stale_base_dirs(min_age: float = 120.0) -> None:
             pid = int((d / "sshd.pid").read_text().strip())
         except (OSError, ValueError):
             pid = None
-        if pid is not None and _alive(pid) and pid in _pids_with_arg(config):
+        # Any sign of life keeps the dir: its pid alive (even if /proc shows it differently under load),
+        # or any process still started with its config. Only dead sessions' dirs go.
+        if (pid is not None and _alive(pid)) or _pids_with_arg(config):
             continue
         try:
             if time.time() - d.stat().st_mtime < min_age:
