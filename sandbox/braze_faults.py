@@ -7,11 +7,17 @@ Request faults, checked in this order for every request:
 * ``share`` (0..1) -- that share of ``POST /users/track`` requests, drawn with
   ``random.Random(seed)`` (deterministic for a sequential client) from ``kinds``.
 
-A request fault is an HTTP status 400-599 (429 and 503 carry ``Retry-After: 1``), ``"timeout"``
-(sleep ``sleep`` seconds, then 500), ``"reset"`` (close the connection without a response) or
-``"html"`` (``200`` with ``Content-Type: text/html`` and an HTML page, as a misconfigured host
-or an intercepting proxy answers; no Braze headers). On a download link the statuses answer in
-S3's XML. A faulted request applies nothing and does not count against a rate limit.
+A request fault is an HTTP status 400-599 (429 and 503 carry ``Retry-After: 1``), ``"429-bare"``
+(a 429 without ``Retry-After``), ``"timeout"`` (sleep ``sleep`` seconds, then 500), ``"reset"``
+(close the connection without a response) or ``"html"`` (``200`` with ``Content-Type: text/html``
+and an HTML page, as a misconfigured host or an intercepting proxy answers; no Braze headers). On
+a download link the statuses answer in S3's XML. A faulted request applies nothing and does not
+count against a rate limit -- except the *applied-then-failed* kinds (``APPLIED_FAULTS``, on
+``POST /users/track`` only): the request is applied and counted as usual, then its answer is lost:
+``"applied-500"`` (a 500 instead of the 201), ``"applied-reset"`` (the connection closes without
+an answer), ``"applied-timeout"`` (the 201 comes ``sleep`` seconds late: past a client's read
+timeout) or ``"applied-cut"`` (the 201's body breaks off half-way). A client that re-sends such a
+request applies it twice. ``FaultInjector.counts`` counts the faults drawn, by kind.
 
 Download faults (:class:`DownloadFaults`, ``BrazeSandbox.fail_downloads``) spoil the body of a
 *full* GET of a ready export file (a ``Range`` request, such as a readiness probe, is answered
@@ -30,9 +36,19 @@ from sandbox.braze_http import Response, json_response
 from sandbox.rate_window import SlidingWindowLimiter
 from sandbox.s3_link import s3_error
 
-__all__ = ["DOWNLOAD_FAULTS", "FAULT_KINDS", "HTML_PAGE", "DownloadFaults", "FaultInjector", "check_fault"]
+__all__ = [
+    "APPLIED_FAULTS",
+    "DOWNLOAD_FAULTS",
+    "FAULT_KINDS",
+    "HTML_PAGE",
+    "DownloadFaults",
+    "FaultInjector",
+    "check_fault",
+    "fail_after_applying",
+]
 
 FAULT_KINDS: tuple[int | str, ...] = (429, 500, 503, "timeout", "reset")
+APPLIED_FAULTS = ("applied-500", "applied-reset", "applied-timeout", "applied-cut")
 DOWNLOAD_FAULTS = ("empty", "truncated", "html")
 HTML_PAGE = (
     b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Sign in</title></head>\n'
@@ -47,11 +63,12 @@ _S3_CODES = {
 
 
 def check_fault(kind: int | str) -> int | str:
-    if kind in ("timeout", "reset", "html"):
+    if kind in ("timeout", "reset", "html", "429-bare", *APPLIED_FAULTS):
         return kind
     if isinstance(kind, int) and not isinstance(kind, bool) and 400 <= kind <= 599:
         return kind
-    raise ValueError(f"invalid fault {kind!r}: expected an HTTP status 400-599, 'timeout', 'reset' or 'html'")
+    raise ValueError(f"invalid fault {kind!r}: expected an HTTP status 400-599, 'timeout', 'reset', 'html', "
+                     f"'429-bare' or one of {APPLIED_FAULTS}")
 
 
 class FaultInjector:
@@ -70,6 +87,7 @@ class FaultInjector:
         self._fail_count = 0
         self._fail_status: int | str = 500
         self._fail_path: str | None = None
+        self.counts: dict[str, int] = {}  # faults drawn, by kind (str of the kind)
 
     def arm(self, n: int, status: int | str, path: str | None = None) -> None:
         """Fault the next ``n`` requests (to ``path`` only, if given) with ``status`` (checked)."""
@@ -79,12 +97,15 @@ class FaultInjector:
 
     def draw(self, track: bool, path: str = "") -> int | str | None:
         """The fault for this request (``track``: a ``POST /users/track``), or None."""
+        fault = None
         if self._fail_count > 0 and self._fail_path in (None, path):
             self._fail_count -= 1
-            return self._fail_status
-        if track and self.share > 0 and self._rng.random() < self.share:
-            return self._rng.choice(self.kinds)
-        return None
+            fault = self._fail_status
+        elif track and self.share > 0 and self._rng.random() < self.share:
+            fault = self._rng.choice(self.kinds)
+        if fault is not None:
+            self.counts[str(fault)] = self.counts.get(str(fault), 0) + 1
+        return fault
 
     def respond(self, fault: int | str, limiter: SlidingWindowLimiter | None, s3: bool = False) -> Response:
         """The answer to a faulted request, with ``limiter``'s headers if any (nothing counted).
@@ -99,12 +120,17 @@ class FaultInjector:
         if fault == "timeout":
             time.sleep(self.sleep)
             fault = 500
+        bare = fault == "429-bare"
+        if bare:
+            fault = 429
+        if fault in APPLIED_FAULTS:  # off /users/track there is nothing to apply: a plain 500
+            fault = 500
         if s3:
             code, message = _S3_CODES.get(fault, ("ServiceUnavailable", f"Injected failure ({label})"))
             resp = s3_error(fault, code, message)
         else:
             resp = json_response(fault, {"message": f"Injected failure ({label})"})
-        if fault in (429, 503):
+        if fault in (429, 503) and not bare:
             resp.headers["Retry-After"] = "1"
         if limiter is not None:
             resp.headers.update(limiter.peek())
@@ -134,3 +160,16 @@ class DownloadFaults:
                     self._armed.remove(entry)
                 return entry[1]
         return None
+
+
+def fail_after_applying(fault: str, applied: Response, sleep: float) -> Response:
+    """The answer to an applied-then-failed request (``APPLIED_FAULTS``) whose real answer was ``applied``."""
+    if fault == "applied-reset":
+        return Response(0, reset=True)
+    if fault == "applied-timeout":
+        time.sleep(sleep)
+        return applied
+    if fault == "applied-cut":
+        applied.truncate_at = max(1, len(applied.body) // 2)
+        return applied
+    return json_response(500, {"message": f"Injected failure ({fault}, after applying the request)"})

@@ -60,7 +60,7 @@ from sandbox.braze_exports import (
     ExportInfo,
     SegmentExports,
 )
-from sandbox.braze_faults import FAULT_KINDS, FaultInjector, check_fault
+from sandbox.braze_faults import APPLIED_FAULTS, FAULT_KINDS, FaultInjector, check_fault, fail_after_applying
 from sandbox.braze_http import MAX_BODY, BrazeHandler, BrazeHttpServer, Response, json_response
 from sandbox.braze_track import (
     MAX_TRACK_BODY,
@@ -111,7 +111,9 @@ class BrazeSandbox(BackgroundHttpServer):
       client) from ``fault_kinds``: 429 (``Retry-After: 1``), 500, 503 (``Retry-After: 1``),
       ``"timeout"`` (sleep ``fault_sleep`` seconds, then 500) and ``"reset"`` (close the
       connection without a response). A faulted request applies nothing and does not count
-      against the rate limit.
+      against the rate limit. ``fault_kinds`` may also hold ``"429-bare"`` (no ``Retry-After``)
+      and the applied-then-failed kinds of :mod:`sandbox.braze_faults` (``"applied-500"``, ...):
+      those requests are applied, then their answer is lost (``applied_then_failed`` counts them).
 
     ``/users/export/ids`` options (keyword-only): ``export_ids_rate_limit`` /
     ``export_ids_rate_window`` -- its sliding-window limit (250 per 60 s). Its counters are
@@ -192,6 +194,7 @@ class BrazeSandbox(BackgroundHttpServer):
         self.export_ids = UsersExportIds(self._lock, self.profiles, rate_limit=export_ids_rate_limit,
                                          rate_window=export_ids_rate_window)
         self.faults = FaultInjector(track_faults, fault_seed, fault_sleep, fault_kinds)
+        self.applied_then_failed = 0  # /users/track requests applied, then answered with a fault (APPLIED_FAULTS)
         self._init_background()
         for spec in segments:
             self.add_segment(spec)
@@ -294,6 +297,13 @@ class BrazeSandbox(BackgroundHttpServer):
             if fault is not None and track:
                 self.track.stats["faults_injected"] += 1
         download = DOWNLOAD_RE.match(path)
+        if fault in APPLIED_FAULTS and track:  # applied as usual, then the answer is lost
+            applied = self.track.handle(self._authorized(headers), headers, body)
+            if applied.status != 201:
+                return applied  # nothing was applied (e.g. rate-limited): no fault to add
+            with self._lock:
+                self.applied_then_failed += 1
+            return fail_after_applying(fault, applied, self.faults.sleep)
         if fault is not None:
             return self.faults.respond(fault, None if download else limiter, s3=bool(download))
         if download:  # S3's answer: no Braze rate-limit headers

@@ -9,6 +9,7 @@ Errors name the file, the key and the problem, like the rest of the configuratio
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,7 +24,7 @@ from include.clients.braze.limits import (
 from include.clients.lytics.scan import MAX_LIMIT as LYTICS_MAX_PAGE
 from include.clients.lytics.scan import TOTAL_TOLERANCE_MEMBERS as LYTICS_TOTAL_TOLERANCE_MEMBERS
 from include.clients.lytics.scan import TOTAL_TOLERANCE_SHARE as LYTICS_TOTAL_TOLERANCE_SHARE
-from include.common.config_file import read_yaml, unknown_keys
+from include.common.config_file import path_trick, read_yaml, unknown_keys
 from include.common.errors import ConfigError
 
 _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -120,10 +121,12 @@ def parse_audience_config(section: dict, path: Path) -> AudienceSyncConfig:
     unknown_keys(section, set(SETTING_DEFAULTS) | {"audiences"}, f"{where}.", errors)
     opts = {**SETTING_DEFAULTS, **{k: v for k, v in section.items() if k in SETTING_DEFAULTS}}
     for key in ("lytics_conn_id", "braze_conn_id", "id_field", "attribute"):
-        if not isinstance(opts[key], str) or not opts[key]:
+        if not isinstance(opts[key], str) or not opts[key].strip():
             errors.append(f"{where}.{key}: must be a non-empty string")
     if opts["state_url"] is not None and (not isinstance(opts["state_url"], str) or not opts["state_url"]):
         errors.append(f"{where}.state_url: must be a directory path or fsspec URL like s3://bucket/prefix")
+    elif opts["state_url"] is not None and (problem := path_trick(opts["state_url"].split("://", 1)[-1])):
+        errors.append(f"{where}.state_url: {opts['state_url']!r} {problem}")
     batch = opts["batch_size"]
     if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_OBJECTS_PER_REQUEST:
         errors.append(f"{where}.batch_size: must be 1..{MAX_OBJECTS_PER_REQUEST} (Braze's hard limit; {MAU_PLAN_MAX_OBJECTS} for "
@@ -135,13 +138,14 @@ def parse_audience_config(section: dict, path: Path) -> AudienceSyncConfig:
                 "drift_sample_size", "drift_rate_limit_per_minute"):
         if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
             errors.append(f"{where}.{key}: must be a positive integer, got {opts[key]!r}")
-    if not isinstance(opts["rate_limit_seconds"], int | float) or opts["rate_limit_seconds"] <= 0:
-        errors.append(f"{where}.rate_limit_seconds: must be a positive number")
+    if not _is_number(opts["rate_limit_seconds"]) or not 0 < opts["rate_limit_seconds"] < math.inf:
+        errors.append(f"{where}.rate_limit_seconds: must be a positive number, got {opts['rate_limit_seconds']!r}")
     removed_sample = opts["drift_removed_sample_size"]
     if not isinstance(removed_sample, int) or isinstance(removed_sample, bool) or removed_sample < 0:
         errors.append(f"{where}.drift_removed_sample_size: must be a whole number >= 0, got {removed_sample!r}")
-    if not _is_number(opts["prune_after_days"]) or opts["prune_after_days"] <= 0:
-        errors.append(f"{where}.prune_after_days: must be a number of days above 0, got {opts['prune_after_days']!r}")
+    if not _is_number(opts["prune_after_days"]) or not 0 < opts["prune_after_days"] <= 36_500:
+        errors.append(f"{where}.prune_after_days: must be a number of days above 0 (at most 36500), "
+                      f"got {opts['prune_after_days']!r}")
     retire = opts["retire"]
     if retire is None:
         retire = ()

@@ -24,6 +24,7 @@ batches before it are checkpointed, and its error is raised.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import deque
@@ -90,6 +91,11 @@ def deliver_chunk(store: StateStore, run_key: str, index: int, track: Callable, 
         log.info("Chunk %d was delivered by an earlier try; nothing to send", index)
         return progress
     table = store.read_table(run_files.chunk_key(run_key, index))
+    # Before sending anything, prove the state store takes a write beside the checkpoints: one that cannot
+    # (read-only, full) fails the chunk here, not after CHECKPOINT_EVERY batches went out unrecorded.
+    probe = progress_key.removesuffix(".json") + ".write-check"
+    store.write_bytes(probe, json.dumps(progress).encode())  # a checkpoint's size: an empty file fits a full disk
+    store.delete(probe)
     start = progress["rows_done"]
     if start:
         log.info("Chunk %d: resuming after row %d of %d", index, start, table.num_rows)

@@ -176,7 +176,18 @@ def open_sftp(settings: SftpSettings) -> Iterator:
             f"know why; if the server was legitimately re-keyed, update the extra 'host_key'."
         ) from None
     except paramiko.AuthenticationException as exc:
+        # paramiko words a connection lost (or stalled) during login as an AuthenticationException too
+        # ("transport shut down or saw EOF", "Authentication timeout."): that is no refusal, a retry may pass.
+        transport = client.get_transport()
+        text = str(exc)
+        dropped = ("transport shut down or saw EOF" in text or "timeout" in text.lower() or transport is None
+                   or not transport.is_active())
         client.close()
+        if dropped:
+            raise TransientError(
+                f"connection {settings.name!r}: the connection to {settings.host}:{settings.port} broke during "
+                f"login ({exc}); a retry reconnects"
+            ) from None
         raise AuthError(
             f"connection {settings.name!r}: {settings.username}@{settings.host}:{settings.port} refused our "
             f"credentials ({exc}); check the login and password or private key"

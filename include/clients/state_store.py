@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -38,10 +39,23 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from include.common import settings
-from include.common.errors import AuthError, ConfigError, NotFoundError, PermanentError, TransientError
+from include.common.errors import (
+    AuthError,
+    ConfigError,
+    NotFoundError,
+    PermanentError,
+    StorageError,
+    TransientError,
+)
+from include.common.scratch import disk_errors, private_dirs, process_stamp, sweep_dead_scratch
 
 # Hidden temporary files of unfinished local writes: `.<name>.tmp-XXXXXXXX`. `list()` skips them.
 _TMP_MARK = ".tmp-"
+# Where the store is configured, for messages that ask to point it elsewhere.
+_SETTING = f"state_url (lytics_to_braze in the pipeline configuration) or {settings.STATE_URL}"
+# A read-only filesystem, a full disk or quota: waiting does not help, someone must act.
+_UNWRITABLE = {errno.EROFS: "its filesystem is read-only", errno.ENOSPC: "its disk is full",
+               errno.EDQUOT: "the disk quota is exceeded"}
 
 
 class StateStore:
@@ -191,16 +205,21 @@ class StateStore:
         if self._local:
             directory = os.path.dirname(full)
             with self._errors(key, "write"):
-                os.makedirs(directory, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(full)}{_TMP_MARK}", dir=directory)
+                private_dirs(directory)  # 0700: snapshots, plans, dead letters hold customer ids
+                fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(full)}{_TMP_MARK}", dir=directory)  # 0600
             os.close(fd)
         else:
             root = settings.work_dir()  # ids are personal data: keep them where the project keeps its scratch files
-            root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix="state-store-", dir=root)
+            private_dirs(root)
+            sweep_dead_scratch(root)  # staging files (and scratch) of killed tasks: customer ids
+            # Stamped with this process, so a killed task's staging file is swept like this.
+            fd, tmp = tempfile.mkstemp(prefix=f"state-store-{process_stamp()}-", dir=root)
             os.close(fd)
         try:
-            yield tmp
+            # The caller writes the staged file: on a local store that is the store's own disk; an object
+            # store's staging file is in the scratch dir (a full one is named as such).
+            with self._errors(key, "write") if self._local else disk_errors(f"staging state {key!r}", root):
+                yield tmp
             with self._errors(key, "write"):
                 if self._local:
                     _fsync_path(tmp)
@@ -222,11 +241,17 @@ class StateStore:
         except PermissionError as exc:
             raise AuthError(
                 f"no permission to {action} state {self._where(key)}: {exc}; check the worker's "
-                "credentials / the directory's owner"
+                f"credentials / the directory's owner, or point {_SETTING} to a place it may write"
             ) from exc
         except (NotADirectoryError, IsADirectoryError) as exc:
             raise PermanentError(f"cannot {action} state {self._where(key)}: {exc}") from exc
         except OSError as exc:  # network drops, throttling (s3fs raises OSError subclasses)
+            if exc.errno in _UNWRITABLE:
+                raise StorageError(
+                    f"cannot {action} state {self._where(key)}: {_UNWRITABLE[exc.errno]} ({exc}). Free space or make "
+                    f"it writable, or point {_SETTING} to another place (moving the existing state with it), then "
+                    f"clear the task."
+                ) from exc
             raise TransientError(f"could not {action} state {self._where(key)}: {exc}") from exc
 
     def _where(self, key: str) -> str:
@@ -237,14 +262,18 @@ class StateStore:
 
 
 def _check_key(key: str) -> str:
-    """Refuse keys that could escape the root or mean two different things on different stores."""
+    """Refuse keys that could escape the root or mean two different things on different stores.
+
+    Raises `ConfigError` (a `PermanentError`) naming the key: keys are built from configured
+    names (audience slugs, run ids), so a bad one is a configuration problem, never retried.
+    """
     if not isinstance(key, str) or not key:
-        raise PermanentError(f"state key must be a non-empty string, got {key!r}")
+        raise ConfigError(f"state key must be a non-empty string, got {key!r}")
     if key.startswith("/") or "\\" in key or "\x00" in key or (len(key) > 1 and key[1] == ":"):
-        raise PermanentError(f"state key {key!r} must be a relative '/'-separated path")
+        raise ConfigError(f"state key {key!r} must be a relative '/'-separated path")
     parts = key.rstrip("/").split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise PermanentError(f"state key {key!r} has an empty, '.' or '..' segment (path traversal refused)")
+        raise ConfigError(f"state key {key!r} has an empty, '.' or '..' segment (path traversal refused)")
     return "/".join(parts)
 
 

@@ -27,10 +27,16 @@ def read_yaml(path: Path | str | None = None) -> tuple[Path, Any]:
             f"{path}: configuration file not found; set {settings.CONFIG} to its path "
             f"or create it (see the README's configuration reference)"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+    except OSError as exc:  # a directory, no read permission, ...
+        raise ConfigError(f"{path}: the configuration file cannot be read ({exc.strerror or exc}); set "
+                          f"{settings.CONFIG} to a readable YAML file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {exc}; fix the line shown (indent with spaces, not tabs; "
+                          f"quote values holding ': ' or '#')") from None
     return path, raw
 
 
@@ -48,3 +54,15 @@ def closest(word: str, options: set[str]) -> str | None:
 
     match = difflib.get_close_matches(word, sorted(options), n=1)
     return match[0] if match else None
+
+
+def path_trick(path: str) -> str | None:
+    """Why `path` (a directory, '/'-separated) could leave where it points, or None: a '..' or '.'
+    segment, a backslash, a NUL or another control character."""
+    if any(ord(c) < 32 or c == "\x7f" for c in path):
+        return "holds a control character"
+    if "\\" in path:
+        return "holds a backslash; use '/'"
+    if any(part in ("..", ".") for part in path.split("/")):
+        return "has a '..' or '.' segment (path traversal refused)"
+    return None

@@ -35,6 +35,11 @@ class RejectedRowsError(PermanentError):
     """Too many input rows were rejected; the output was not delivered."""
 
 
+class StorageError(PermanentError):
+    """A place the project writes to cannot take the write (read-only filesystem, full disk or quota, no
+    permission); the message names the setting that points there (e.g. BRAZE_LYTICS_QUARANTINE_DIR)."""
+
+
 class RetryAfterError(TransientError):
     """A transient failure for which the server said how long to wait (seconds)."""
 

@@ -49,7 +49,9 @@ def retry_call(
             return fn()
         except TransientError as exc:
             if attempt == policy.attempts:
-                raise TransientError(f"{what}: still failing after {attempt} tries: {exc}") from exc
+                raise TransientError(f"{what}: still failing after {attempt} tries: {exc}. This may pass on its own: "
+                                     f"the task is retried later; if it keeps failing, check that the service "
+                                     f"is up and reachable from the worker") from exc
             wait = policy.delay(attempt, getattr(exc, "retry_after", None))
             log.warning("%s failed (try %d of %d): %s; retrying in %.1fs", what, attempt, policy.attempts, exc, wait)
             if on_retry:

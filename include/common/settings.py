@@ -72,11 +72,49 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError(text)
     return value
+
+
+def _seconds_up_to_a_day(text: str) -> float:
+    value = _positive_float(text)
+    if value > 86_400:  # timedelta and the scheduler overflow far above; a day between retries is plenty
+        raise ValueError(text)
+    return value
+
+
+def _absolute_dir(text: str) -> Path:
+    """An absolute path that is a directory or does not exist yet (a relative one would depend on the worker's
+    current directory; an existing file cannot hold files)."""
+    path = Path(text)
+    if not path.is_absolute() or (path.exists() and not path.is_dir()):
+        raise ValueError(text)
+    return path
+
+
+def _state_url(text: str) -> str:
+    """A directory, or an fsspec URL whose protocol fsspec knows (and whose package is installed)."""
+    if "://" in text:
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(text.split("://", 1)[0])
+        except ImportError as exc:  # e.g. s3fs not installed
+            raise ValueError(str(exc)) from None
+    return text
 
 
 def airflow_home() -> Path:
@@ -91,18 +129,20 @@ def config_path() -> Path:
 
 def work_dir() -> Path:
     """Base directory of the private scratch directories (give it ~3x the largest export)."""
-    return _read(WORK_DIR, Path(tempfile.gettempdir()), Path, "a directory path")
+    return _read(WORK_DIR, Path(tempfile.gettempdir()), _absolute_dir, "an absolute directory path (not a file)")
 
 
 def quarantine_dir() -> Path:
     """Where rejected rows are kept for review."""
-    return _read(QUARANTINE_DIR, airflow_home() / "braze_lytics" / "quarantine", Path, "a directory path")
+    return _read(QUARANTINE_DIR, airflow_home() / "braze_lytics" / "quarantine", _absolute_dir,
+                 "an absolute directory path (not a file)")
 
 
 def default_state_url() -> str:
     """The audience pipeline's state store when the configuration names no `state_url`."""
-    return _read(STATE_URL, str(airflow_home() / "braze_lytics" / "state"), str,
-                 "a directory path or an fsspec URL such as s3://bucket/prefix")
+    return _read(STATE_URL, str(airflow_home() / "braze_lytics" / "state"), _state_url,
+                 "a directory path or an fsspec URL such as s3://bucket/prefix (a protocol fsspec knows, "
+                 "with its package installed)")
 
 
 def shape_workers() -> int:
@@ -112,30 +152,48 @@ def shape_workers() -> int:
 
 def task_retries() -> int:
     """Airflow retries of every task (transient failures; permanent ones fail at once)."""
-    return _read(TASK_RETRIES, 3, _int_at_least(0), "a whole number >= 0")
+    return _read(TASK_RETRIES, 3, _int_between(0, 100), "a whole number from 0 to 100")
 
 
 def retry_delay_seconds() -> float:
     """Delay before a task's first retry; later retries back off exponentially."""
-    return _read(RETRY_DELAY_SECONDS, 120.0, _positive_float, "a number of seconds > 0")
+    return _read(RETRY_DELAY_SECONDS, 120.0, _seconds_up_to_a_day, "a number of seconds > 0 (at most 86400)")
 
 
 def _schedule(text: str) -> str | None:
-    """A cron expression or preset; `none` (or `manual`) = no schedule: manual and backfill runs only."""
+    """A cron expression or preset; `none` (or `manual`) = no schedule: manual and backfill runs only.
+
+    Checked here, as Airflow checks it (croniter), so a typo fails naming the variable, not as a bare
+    "AirflowTimetableInvalid" in the DAG's import error.
+    """
     text = text.strip()
     if not text:
         raise ValueError("empty")
-    return None if text.lower() in ("none", "manual") else text
+    if text.lower() in ("none", "manual"):
+        return None
+    if text in ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly"):
+        return text  # Airflow's presets (croniter does not know @quarterly)
+    try:
+        from croniter import croniter
+    except ImportError:  # pragma: no cover - Airflow depends on croniter
+        return text
+    try:
+        croniter(text)
+    except Exception as exc:  # CroniterBadCronError and friends: not a schedule Airflow can use
+        raise ValueError(str(exc)) from None
+    return text
 
 
 def segments_schedule() -> str | None:
     """Schedule of `braze_segments_to_lytics` (cron expression or preset; `none`: manual runs only)."""
-    return _read(SEGMENTS_SCHEDULE, "@daily", _schedule, "a cron expression, a preset like @daily, or none")
+    return _read(SEGMENTS_SCHEDULE, "@daily", _schedule,
+                 "a cron expression (e.g. '0 3 * * *'), a preset like @daily, or none")
 
 
 def audiences_schedule() -> str | None:
     """Schedule of `lytics_audiences_to_braze` (cron expression or preset; `none`: manual runs only)."""
-    return _read(AUDIENCES_SCHEDULE, "@hourly", _schedule, "a cron expression, a preset like @hourly, or none")
+    return _read(AUDIENCES_SCHEDULE, "@hourly", _schedule,
+                 "a cron expression (e.g. '*/30 * * * *'), a preset like @hourly, or none")
 
 
 def lytics_api_token() -> str | None:

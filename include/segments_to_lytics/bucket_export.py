@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from include.common.errors import NotFoundError, TransientError
+from include.common.scratch import private_file
 from include.segments_to_lytics.export_files import export_order
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def fetch_export_objects(fs, objects: list[BucketObject], dest_dir: Path) -> lis
     for n, obj in enumerate(objects):
         dest = dest_dir / f"{n:05d}-{posixpath.basename(obj.path)}"
         try:
+            private_file(dest)  # 0600 before the object's customer data is written into it
             fs.get_file(obj.path, str(dest))
         except FileNotFoundError:
             raise NotFoundError(f"bucket object {obj.path!r} disappeared while it was being read; re-export "

@@ -8,12 +8,13 @@ YAML edit, never a Python edit. See the README's configuration reference.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from include.common.config_file import read_yaml, unknown_keys
+from include.common.config_file import path_trick, read_yaml, unknown_keys
 from include.common.errors import ConfigError
 
 SOURCE_KINDS = ("api", "drop")
@@ -22,7 +23,10 @@ OUTPUT_FORMATS = ("zip", "gzip")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _FILE_ROOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _FIELD_RE = re.compile(r"^[^.\s][^\s]*$")
+# Braze segment API identifiers (UUID-like); the id names drop and bucket folders, so no '/', no '..'.
+_SEGMENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DROP_PLACEHOLDERS = ("{segment_id}", "{name}", "{ds}", "{ds_nodash}")
+_MIN_RECORD_MIB, _MAX_RECORD_MIB = 1 / 1024, 1024
 
 # Keys allowed in `defaults:` and, overriding them, in each segment (defaults: SegmentConfig's).
 _DEFAULTABLE = ("braze_conn_id", "sftp_conn_id", "source", "output_format", "remote_dir", "compression", "manifest",
@@ -205,6 +209,10 @@ def _parse_segment(entry: Any, defaults: dict[str, Any], where: str, errors: lis
     if name is not None and not _NAME_RE.match(name):
         errors.append(f"{where}.name: {name!r} must be lowercase letters, digits, '_' or '-' (max 63)")
     segment_id = _require_str(entry, "segment_id", where, errors)
+    if segment_id is not None and not _SEGMENT_ID_RE.match(segment_id):
+        errors.append(f"{where}.segment_id: {segment_id!r} must be Braze's segment API identifier (letters, digits, "
+                      f"'_', '-', '.'; no '/' or leading '.': it names drop and bucket folders)")
+        segment_id = None
 
     for key, allowed in (("source", SOURCE_KINDS), ("compression", COMPRESSIONS), ("output_format", OUTPUT_FORMATS)):
         if opts[key] not in allowed:
@@ -214,8 +222,14 @@ def _parse_segment(entry: Any, defaults: dict[str, Any], where: str, errors: lis
             errors.append(f"{where}.{key}: must be a non-empty string")
     for key in ("export_timeout_minutes", "poll_interval_seconds", "bucket_quiet_minutes", "max_record_mib",
                 "max_inflate_ratio"):
-        if not isinstance(opts[key], int | float) or isinstance(opts[key], bool) or opts[key] <= 0:
+        if not isinstance(opts[key], int | float) or isinstance(opts[key], bool) or not 0 < opts[key] < math.inf:
             errors.append(f"{where}.{key}: must be a positive number, got {opts[key]!r}")
+        elif key == "max_inflate_ratio" and opts[key] < 1:
+            errors.append(f"{where}.max_inflate_ratio: must be at least 1 (a file always inflates to at least its "
+                          f"own size), got {opts[key]!r}")
+        elif key == "max_record_mib" and not _MIN_RECORD_MIB <= opts[key] <= _MAX_RECORD_MIB:
+            errors.append(f"{where}.max_record_mib: must be from {_MIN_RECORD_MIB} (1 KiB) to {_MAX_RECORD_MIB} "
+                          f"(a record up to this size is held in memory), got {opts[key]!r}")
     if opts["bucket_cleanup"] not in BUCKET_CLEANUPS:
         errors.append(f"{where}.bucket_cleanup: {opts['bucket_cleanup']!r} is not one of {list(BUCKET_CLEANUPS)}")
     bucket = opts["bucket_url"]
@@ -234,6 +248,8 @@ def _parse_segment(entry: Any, defaults: dict[str, Any], where: str, errors: lis
     remote_dir = opts["remote_dir"]
     if not isinstance(remote_dir, str) or not remote_dir.startswith("/"):
         errors.append(f"{where}.remote_dir: must be an absolute remote path like /upload, got {remote_dir!r}")
+    elif problem := path_trick(remote_dir):
+        errors.append(f"{where}.remote_dir: {remote_dir!r} {problem}")
 
     id_field = entry.get("id_field", "external_id" if opts["source"] == "api" else "user_id")
     if not isinstance(id_field, str) or not id_field.strip():
@@ -324,11 +340,24 @@ def _parse_drop(raw: Any, source: str, where: str, errors: list[str]) -> DropSou
         errors.append(f"{where}.path: source 'drop' needs drop.path, the directory the export is dropped in")
         return None
     unknown_keys(raw, _DROP_KEYS, f"{where}.", errors)
-    unknown = set(re.findall(r"\{[^}]*\}", raw["path"])) - set(_DROP_PLACEHOLDERS)
-    if unknown:
-        errors.append(f"{where}.path: unknown placeholder(s) {sorted(unknown)}; allowed: {list(_DROP_PLACEHOLDERS)}")
+    try:  # the path is filled in with str.format at run time: it must format with exactly these names
+        filled = raw["path"].format(**{p.strip("{}"): "x" for p in _DROP_PLACEHOLDERS})
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        errors.append(f"{where}.path: {raw['path']!r} has a placeholder that does not parse ({type(exc).__name__}: "
+                      f"{exc}); allowed: {list(_DROP_PLACEHOLDERS)} (write a literal brace as {{{{ or }}}})")
+    else:
+        if not raw.get("conn_id") and not filled.startswith("/"):
+            errors.append(f"{where}.path: {raw['path']!r} must be an absolute directory (a relative one would "
+                          f"depend on each worker's current directory)")
+    if raw.get("conn_id") is not None and (not isinstance(raw["conn_id"], str) or not raw["conn_id"]):
+        errors.append(f"{where}.conn_id: must be the id of an SFTP connection, got {raw['conn_id']!r}")
+    if problem := path_trick(raw["path"]):
+        errors.append(f"{where}.path: {raw['path']!r} {problem}")
     if "pattern" in raw and (not isinstance(raw["pattern"], str) or not raw["pattern"]):
         errors.append(f"{where}.pattern: must be a glob like '*.zip'")
+    elif "pattern" in raw and ("/" in raw["pattern"] or "\\" in raw["pattern"] or raw["pattern"].startswith(".")):
+        errors.append(f"{where}.pattern: {raw['pattern']!r} must match file names in drop.path: no '/', no "
+                      f"backslash, no leading '.' (hidden files are never picked)")
     return DropSource(**{k: raw[k] for k in _DROP_KEYS if k in raw})
 
 

@@ -14,7 +14,9 @@ exact comparison only for the few rows whose hashes collide.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import itertools
 import logging
 import os
@@ -27,8 +29,10 @@ from pathlib import Path
 
 import orjson
 
-from include.common.errors import ConfigError
+from include.common import settings
+from include.common.errors import ConfigError, StorageError
 from include.common.progress import Progress
+from include.common.scratch import open_private, private_dirs
 from include.segments_to_lytics.duplicate_ids import PartRows, find_duplicates, id_digest, join_parts
 from include.segments_to_lytics.export_files import contiguous_runs, detect_kind, iter_records, member_groups
 
@@ -207,7 +211,7 @@ class CsvShaper:
         digest, add_digest, add_length, add_line = id_digest, part.digests.append, part.lengths.append, part.lines.append
         last_source = None
         n = 0
-        with _QuarantineRows(rejects_path) as quarantine, open(rows_path, "wb") as fh:
+        with _QuarantineRows(rejects_path) as quarantine, open_private(rows_path, "wb") as fh:
             batch: list[bytes] = []
             for (line, key), source, line_no in self._rows(records, quarantine, stats):
                 data = line.encode()
@@ -311,32 +315,55 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
         stats.rows_duplicate = len(drops)
         if drops:
             stats.reasons["duplicate id"] += len(drops)
-        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-        _join(q_tmp, QUARANTINE_HEADER, [p[1] for p in paths])
-        if drops:
-            with open(q_tmp, "a", encoding="utf-8", newline="") as qfh:
-                writer = csv.writer(qfh, lineterminator="\r\n")
-                for d in drops:
-                    part = parts[d.part]
-                    record = orjson.dumps(dict(zip(shaper.header, d.record, strict=True))).decode()
-                    writer.writerow([part.source_of(d.row), part.lines[d.row],
-                                     f"duplicate {shaper.id_field} {d.key!r}: the first occurrence ({d.first_source} "
-                                     f"line {d.first_line}, output row {d.first_output_row}) is kept", record])
-        if stats.rows_quarantined:
-            os.replace(q_tmp, quarantine_path)
-        else:
-            quarantine_path.unlink(missing_ok=True)  # a re-run that rejects nothing leaves no stale file
+        with _quarantine_errors(quarantine_path):  # its own directory: BRAZE_LYTICS_QUARANTINE_DIR
+            private_dirs(quarantine_path.parent)  # 0700: rejected rows are customer data
+            _join(q_tmp, QUARANTINE_HEADER, [p[1] for p in paths])
+            if drops:
+                with open(q_tmp, "a", encoding="utf-8", newline="") as qfh:
+                    writer = csv.writer(qfh, lineterminator="\r\n")
+                    for d in drops:
+                        part = parts[d.part]
+                        record = orjson.dumps(dict(zip(shaper.header, d.record, strict=True))).decode()
+                        writer.writerow([part.source_of(d.row), part.lines[d.row],
+                                         f"duplicate {shaper.id_field} {d.key!r}: the first occurrence ({d.first_source} "
+                                         f"line {d.first_line}, output row {d.first_output_row}) is kept", record])
+            if stats.rows_quarantined:
+                os.replace(q_tmp, quarantine_path)
+            else:
+                quarantine_path.unlink(missing_ok=True)  # a re-run that rejects nothing leaves no stale file
         return stats
     finally:
         for rows_path, rejects_path in paths:
             rows_path.unlink(missing_ok=True)
             rejects_path.unlink(missing_ok=True)
-        q_tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # an unwritable quarantine dir: already reported above
+            q_tmp.unlink(missing_ok=True)
+
+
+_UNWRITABLE = {errno.EROFS: "its filesystem is read-only", errno.ENOSPC: "its disk is full",
+               errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+
+
+@contextlib.contextmanager
+def _quarantine_errors(quarantine_path: Path) -> Iterator[None]:
+    """The quarantine directory cannot take the file: a `StorageError` naming BRAZE_LYTICS_QUARANTINE_DIR (not the
+    scratch dir's full-disk error, nor a bare OSError)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _UNWRITABLE:
+            raise
+        raise StorageError(
+            f"cannot write the quarantine file {quarantine_path}: {_UNWRITABLE[exc.errno]} ({exc}). Rejected rows "
+            f"are kept in {settings.QUARANTINE_DIR}: make that directory writable or free space there, or point "
+            f"{settings.QUARANTINE_DIR} to another directory, then clear the task. Nothing was delivered."
+        ) from exc
 
 
 def _join(dest: Path, header: list[str], part_paths: list[Path]) -> None:
     """The header row, then each part's bytes in order."""
-    with open(dest, "wb") as out:
+    with open_private(dest, "wb") as out:
         out.write(",".join(_quote(h) for h in header).encode() + b"\r\n")
         for part in part_paths:
             with open(part, "rb") as src:
@@ -376,7 +403,7 @@ class _QuarantineRows:
     """Rejected rows of one part with their reasons, written beside, never into, the output."""
 
     def __init__(self, path: Path):
-        self._fh = open(path, "w", encoding="utf-8", newline="")
+        self._fh = open_private(path, "w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._fh, lineterminator="\r\n")
 
     def __enter__(self) -> _QuarantineRows:

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from include.clients.sftp import SftpSettings, open_sftp
+from include.common.scratch import private_file
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def find_drop(directory: str, pattern: str, sftp: SftpSettings | None = None) ->
 
 def fetch_drop(directory: str, name: str, dest_dir: Path, sftp: SftpSettings | None = None) -> Path:
     """Copy the chosen drop file into the scratch directory (the original stays where it is)."""
-    dest = dest_dir / name
+    dest = private_file(dest_dir / name)  # 0600 before the copy writes customer data into it
     if sftp is None:
         shutil.copyfile(Path(directory) / name, dest)
     else:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zlib import adler32, crc32
 
+from include.common.scratch import open_private
+
 
 def id_digest(key: str) -> int:
     """A 64-bit digest of an id, the same in every process and every run (Python's `hash()` of a str
@@ -138,7 +140,7 @@ def join_parts(dest: Path, header_line: bytes, parts: list[PartRows], drops: lis
     by_part: dict[int, list[int]] = {}
     for d in drops:
         by_part.setdefault(d.part, []).append(d.row)
-    with open(dest, "wb") as out:
+    with open_private(dest, "wb") as out:
         out.write(header_line)
         out.flush()
         position = out.tell()

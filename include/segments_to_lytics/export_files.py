@@ -35,6 +35,7 @@ from pathlib import Path
 
 from include.common.errors import ConfigError
 from include.segments_to_lytics.export_streams import (
+    _AGAIN,
     DEFAULT_MAX_INFLATE_RATIO,
     ZIP_MAGIC,
     DamagedExportError,
@@ -158,6 +159,8 @@ def iter_json_lines(path: Path, members: list[str] | None = None, *,
     _check_limits(max_record_bytes, max_inflate_ratio)
     limit = max_record_bytes
     for source, stream in member_streams(path, members, max_inflate_ratio):
+        if stream.peek(3)[:3] == codecs.BOM_UTF8:  # a UTF-8 BOM (hand-made drops) is not part of the first line
+            stream.read(3)
         _check_ndjson_start(source, stream)
         readline = stream.readline
         for line_no, line in enumerate(iter(partial(readline, limit + 2), b""), 1):  # room for CR LF
@@ -221,12 +224,13 @@ class _CsvLines:
     only for records that span lines (rare), to keep the common path short.
     """
 
-    __slots__ = ("_readline", "_cap", "_limit", "_source", "line_no", "size", "first", "more")
+    __slots__ = ("_readline", "_cap", "_limit", "_source", "line_no", "size", "first", "more", "eof")
 
     def __init__(self, source: str, stream, limit: int):
         self._readline, self._cap, self._limit, self._source = stream.readline, limit + 2, limit, source
         self.line_no = self.size = 0
         self.first, self.more = b"", None
+        self.eof = False  # the end of the member was reached (csv.reader asked for a line after the last)
 
     def __iter__(self):
         return self
@@ -234,6 +238,7 @@ class _CsvLines:
     def __next__(self) -> str:
         line = self._readline(self._cap)  # room for CR LF
         if not line:
+            self.eof = True
             raise StopIteration
         self.line_no += 1
         if self.size:
@@ -318,6 +323,11 @@ def iter_csv_records(path: Path, members: list[str] | None = None, *,
             try:
                 for row in reader:
                     lines.size = 0
+                    if lines.eof:  # csv.reader only reads past a record's end when a quoted field is open
+                        raise DamagedExportError(
+                            f"{source} line {lines.line_no}: the file ends inside a quoted field (a field's "
+                            f"opening quote is never closed): the CSV is truncated or damaged, so "
+                            f"rows may be missing; {_AGAIN}")
                     if len(row) == width:
                         yield source, lines.line_no, dict(zip(header, row, strict=False))  # width checked
                     elif row:

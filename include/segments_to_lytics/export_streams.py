@@ -136,6 +136,9 @@ def member_streams(path: Path, members: list[str] | None = None,
     lifts the ratio cap. An empty zip (no entries at all, as for an empty segment) yields nothing.
     """
     ratio = math.inf if max_inflate_ratio is None else max_inflate_ratio
+    if path.stat().st_size == 0:  # even an empty segment exports a valid zip/gzip, a dashboard CSV its header
+        raise DamagedExportError(f"{path.name}: the file is empty (0 bytes), which no Braze export is: it was cut "
+                                 f"off or taken before it was written; {_AGAIN}")
     magic = sniff(path)
     if is_zip(magic):
         yield from _zip_streams(path, members, ratio)

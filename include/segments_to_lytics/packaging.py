@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from include.common.errors import ConfigError
+from include.common.scratch import open_private, private_file
 
 
 def compress(plain_csv: Path, compression: str, dest: Path, member_name: str) -> Path:
@@ -21,7 +22,7 @@ def compress(plain_csv: Path, compression: str, dest: Path, member_name: str) ->
         os.replace(plain_csv, dest)
     elif compression == "gzip":
         # No file name or time in the gzip header: re-runs are byte-identical.
-        with open(plain_csv, "rb") as src, open(dest, "wb") as raw, \
+        with open(plain_csv, "rb") as src, open_private(dest, "wb") as raw, \
                 gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         plain_csv.unlink()
@@ -29,6 +30,7 @@ def compress(plain_csv: Path, compression: str, dest: Path, member_name: str) ->
         # A fixed member timestamp keeps re-runs byte-identical (same logical date, same sha256).
         info = zipfile.ZipInfo(member_name, date_time=(1980, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
+        private_file(dest)  # 0600: zipfile opens it by name
         with zipfile.ZipFile(dest, "w") as zf, open(plain_csv, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         plain_csv.unlink()

@@ -2,9 +2,10 @@
 
 This is the body of the DAG's `transfer` task, as plain Python. It is a transaction: every
 intermediate file lives in a private scratch directory that is removed on the way out
-(plaintext never outlives the call), nothing is delivered when too many rows are rejected,
-and the delivery replaces the remote file of the same date atomically - so the task can be
-cleared and re-run any number of times with the same result.
+(plaintext never outlives the call; what a killed call left is swept by the next one), nothing
+is delivered when too many rows are rejected, and the delivery replaces the remote file of the
+same date atomically - so the task can be cleared and re-run any number of times with the same
+result.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from include.clients.pgp.files import PgpKey, decrypt_file, encrypt_file, is_encrypted_name
+from include.clients.pgp.keyring import sweep_dead_keyrings
 from include.clients.sftp import SftpSettings, deliver
 from include.common.errors import ConfigError, RejectedRowsError
 from include.common.scratch import scratch_dir
@@ -68,8 +70,22 @@ def looks_encrypted(path: Path) -> bool:
         head = fh.read(16)
     if head.startswith(_PGP_ARMOR):
         return True
-    # Binary OpenPGP packets start with a tag byte whose high bit is set; zip/gzip/JSON/CSV don't.
-    return bool(head) and head[0] & 0x80 != 0 and not head.startswith(_ZIP_OR_GZIP)
+    # Binary OpenPGP starts with a packet tag byte (high bit set) naming a packet a message can start with;
+    # zip/gzip/JSON/CSV don't, and neither do the UTF-8/UTF-16 byte order marks (EF BB BF, FF FE, FE FF)
+    # of text saved by Excel and friends, whose high bit is set too.
+    return bool(head) and _pgp_packet_tag(head[0]) in _PGP_FIRST_PACKETS and not head.startswith(_ZIP_OR_GZIP)
+
+
+# Packets an OpenPGP message can start with (RFC 4880/9580): PK/SK-encrypted session key (1, 3), signature (2),
+# one-pass signature (4), compressed (8), symmetrically encrypted (9, 18, 20), marker (10), literal data (11).
+_PGP_FIRST_PACKETS = frozenset({1, 2, 3, 4, 8, 9, 10, 11, 18, 20})
+
+
+def _pgp_packet_tag(first: int) -> int | None:
+    """The packet tag of an OpenPGP packet header byte (old or new format), None if it is not one."""
+    if not first & 0x80:
+        return None
+    return first & 0x3F if first & 0x40 else (first >> 2) & 0x0F
 
 
 def _decrypt_if_needed(job: TransferJob, raw: Path) -> Path:
@@ -107,6 +123,9 @@ def transfer_segment(job: TransferJob, fetch: Callable[[Path], Path | list[Path]
     """Run the whole transfer; `fetch(scratch)` puts the export file(s) into scratch and returns them
     (several for a bucket export, in export order)."""
     seg = job.segment
+    # A transfer killed with SIGKILL (OOM killer, a lost worker) leaves its plaintext: its gpg home (and
+    # agent) are removed here, its scratch directory by scratch_dir (both name their process).
+    sweep_dead_keyrings()
     with scratch_dir(seg.name) as work:
         fetched = fetch(work)
         raws = [_decrypt_if_needed(job, path) for path in ([fetched] if isinstance(fetched, Path) else fetched)]

@@ -20,9 +20,10 @@ from pathlib import Path
 import requests
 
 from include.common.errors import ConfigError, PermanentError, TransientError
-from include.common.http import redact_url, request
+from include.common.http import redact_url, request, require_tls
 from include.common.progress import Progress
 from include.common.retry import RetryPolicy, retry_call
+from include.common.scratch import open_private
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,16 @@ class BrazeExportClient:
     """Braze's export endpoints for one workspace (base URL + REST API key)."""
 
     def __init__(self, base_url: str, api_key: str, *, policy: RetryPolicy | None = None,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, allow_insecure_http: bool = False):
         self.base_url, self.session = braze_session(base_url, api_key, session)
         self._api_key = api_key
         self.policy = policy or RetryPolicy()
+        self.allow_insecure_http = allow_insecure_http  # plain http:// export links to other hosts
+
+    def _check_link(self, url: str) -> str:
+        """The pre-signed link is a bearer secret: never fetched over plain http:// from another machine."""
+        return require_tls(url, what="the Braze export download link",
+                           allow_insecure_http=self.allow_insecure_http)
 
     def start_segment_export(self, segment_id: str, fields_to_export: list[str], output_format: str = "zip") -> ExportJob:
         """Ask Braze to export a segment; returns where the file will appear."""
@@ -119,7 +126,15 @@ class BrazeExportClient:
             )
         url, prefix = body.get("url"), body.get("object_prefix")
         if not url and not prefix:
-            raise PermanentError(f"{what}: Braze answered without a download url or an object_prefix: {body!r:.200}")
+            raise PermanentError(f"{what}: Braze answered without a download url or an object_prefix: {body!r:.200}. "
+                                 f"Check that the host of the Braze connection is your instance's REST endpoint")
+        if (url and (not isinstance(url, str) or not url.startswith(("https://", "http://")))) \
+                or (prefix and not isinstance(prefix, str)):
+            raise PermanentError(
+                f"{what}: Braze answered with a download url that is not an http(s) link or an object_prefix that "
+                f"is not a string ({type(url).__name__} url, {type(prefix).__name__} object_prefix): not the "
+                f"documented answer. Check that the host of the Braze connection is your instance's REST endpoint, "
+                f"not a proxy; then clear the segment's task group")
         return ExportJob(url=url or None, object_prefix=prefix or "")
 
     def export_ready(self, url: str) -> bool:
@@ -128,6 +143,8 @@ class BrazeExportClient:
         The link is pre-signed for GET only (HEAD is refused), so readiness is probed with a GET of
         the first byte; no auth header is sent to it. An expired link raises `ExportLinkExpired`.
         """
+        self._check_link(url)
+
         def probe() -> str:
             resp = request(requests.Session(), "GET", url, service="Braze export storage",
                            what="checking the export file", auth_hint=_EXPIRED_ADVICE, stream=True,
@@ -140,6 +157,7 @@ class BrazeExportClient:
 
     def download(self, url: str, dest: Path) -> int:
         """Stream the export file to `dest` (bounded memory); returns its size in bytes."""
+        self._check_link(url)
         tmp = dest.with_name(dest.name + ".part")
 
         def attempt() -> int:
@@ -159,7 +177,7 @@ class BrazeExportClient:
             progress = Progress(log, "Downloading the Braze export", total=int(length) if length and length.isdigit()
                                 else None, unit="bytes")
             try:
-                with resp, open(tmp, "wb") as out:
+                with resp, open_private(tmp, "wb") as out:
                     for chunk in resp.iter_content(_CHUNK):
                         out.write(chunk)
                         size += len(chunk)

@@ -44,6 +44,8 @@ _AUTH_HINT = (
     "Check the REST API key (password of the Braze connection) has the users.export.ids "
     "permission for this workspace."
 )
+_ODD_ANSWER = ("Check that the host of the Braze connection is your instance's REST endpoint, not a proxy; if it "
+               "is, report the answer to Braze support (nothing was changed by this read)")
 _NOT_FOUND_HINT = (
     "For /users/export/ids this means the REST endpoint (host of the Braze connection) is not "
     "this workspace's instance, or the API key is unknown there."
@@ -102,7 +104,7 @@ class BrazeExportIdsClient:
                 custom = user.get("custom_attributes") or {}
                 if not isinstance(custom, dict):
                     raise PermanentError(f"Braze {ENDPOINT} returned `custom_attributes` that is not an object "
-                                         f"({type(custom).__name__}); cannot read {attribute!r}")
+                                         f"({type(custom).__name__}); cannot read {attribute!r}. {_ODD_ANSWER}")
                 result.values[external_id] = custom.get(attribute)
         return result
 
@@ -157,14 +159,15 @@ class BrazeExportIdsClient:
             )
         if body.get("message") != "success":
             raise PermanentError(f"{where} answered {resp.status_code} with message {body.get('message')!r} "
-                                 f"instead of 'success'; the export cannot be trusted")
+                                 f"instead of 'success'; the export cannot be trusted. {_ODD_ANSWER}")
         users: dict[str, dict] = {}
         for user in body.get("users") or []:
             external_id = user.get("external_id") if isinstance(user, dict) else None
             if not isinstance(external_id, str) or external_id not in asked:
                 # Mapping profiles back to the ids asked for is the whole point: never guess.
                 raise PermanentError(f"{where} returned a user object that is not one of the ids asked for "
-                                     f"(external_id {'missing' if external_id is None else 'not asked for'})")
+                                     f"(external_id {'missing' if external_id is None else 'not asked for'}). "
+                                     f"{_ODD_ANSWER}")
             users[external_id] = user
         return users
 

@@ -155,8 +155,15 @@ class BrazeTrackClient:
         except (ValueError, AttributeError):
             raise PermanentError(
                 f"Braze POST {redact_url(self.url)} answered {code} with a body that is not a JSON object; "
-                f"cannot tell which objects failed"
+                f"cannot tell which objects failed. Check that the host of the Braze connection is your "
+                f"instance's REST endpoint (e.g. https://rest.iad-01.braze.com), not the dashboard or a proxy page"
             ) from None
+        if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+            raise PermanentError(
+                f"Braze POST {redact_url(self.url)} answered {code} with 'errors' that are not a list of objects "
+                f"({str(errors)[:100]!r}); cannot tell which objects failed. Check that the host of the Braze "
+                f"connection is your instance's REST endpoint, not a proxy"
+            )
         failed = _attribute_errors(errors, n)
         return TrackResult(sent=n - len({i for i, _ in failed}), failed=failed)
 
@@ -179,7 +186,9 @@ def _attribute_errors(errors: list, n: int) -> list[tuple[int, str]]:
         index = e.get("index")
         if not isinstance(index, int) or not 0 <= index < n:
             # Mapping errors back to rows is the whole point (Segment shipped a bug here): never guess.
-            raise PermanentError(f"Braze /users/track reported an error for index {index!r} in a batch of {n}: {e}")
+            raise PermanentError(f"Braze /users/track reported an error for index {index!r} in a batch of {n}: {e}; "
+                                 f"the rejected users cannot be told apart, so nothing is guessed: report this "
+                                 f"answer to Braze support, then clear the task")
         failed.append((index, str(e.get("type", ""))))
     return failed
 

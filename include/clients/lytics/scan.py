@@ -43,7 +43,7 @@ import orjson
 import requests
 
 from include.common.errors import ConfigError, NotFoundError, PermanentError, TransientError
-from include.common.http import request
+from include.common.http import redact_url, request
 from include.common.progress import Progress
 from include.common.retry import RetryPolicy, retry_call
 
@@ -245,7 +245,8 @@ class LyticsClient:
             if not isinstance(data, list) or not isinstance(next_start, str):
                 raise PermanentError(
                     f"Lytics answered a scan page of audience {segment_id!r} without a 'data' list or "
-                    f"'_next' token: {str(body)[:200]}"
+                    f"'_next' token: {str(body)[:200]}. Check that the host of the Lytics connection is the API "
+                    f"(https://api.lytics.io); if it is, report the answer to Lytics support"
                 )
             first_page = effort.pages == pass_began
             effort.pages += 1
@@ -268,7 +269,9 @@ class LyticsClient:
             if data:
                 empty_run = 0
                 if next_start == start:  # the same page again: a server bug that would loop forever
-                    raise PermanentError(f"Lytics returned the same scan token twice for audience {segment_id!r}")
+                    raise PermanentError(f"Lytics returned the same scan token twice for audience {segment_id!r}: "
+                                         f"the scan would loop forever, so it was abandoned and not used. Scan again "
+                                         f"later; if it keeps happening, report the audience to Lytics support")
             else:
                 empty += 1
                 empty_run += 1
@@ -305,12 +308,19 @@ class LyticsClient:
             resp = attempt()
             if resp.status_code >= 400:
                 return resp.status_code, {}
+            if "html" in resp.headers.get("Content-Type", "").lower():  # a web page: asking again cannot help
+                raise PermanentError(
+                    f"{what}: {redact_url(url)} answered {resp.status_code} with an HTML page, not Lytics' JSON. "
+                    f"Check that the host of the Lytics connection is the API (https://api.lytics.io), not the "
+                    f"web app or a proxy's login page")
             try:
                 body = orjson.loads(resp.content)
             except orjson.JSONDecodeError:  # a cut-off body from a proxy: asking again may help
-                raise TransientError(f"{what}: Lytics answered {resp.status_code} with a body that is not JSON") from None
+                raise TransientError(f"{what}: Lytics answered {resp.status_code} with a body that is not JSON "
+                                     f"(cut off?)") from None
             if not isinstance(body, dict):
-                raise PermanentError(f"{what}: Lytics answered a JSON {type(body).__name__}, not an object")
+                raise PermanentError(f"{what}: Lytics answered a JSON {type(body).__name__}, not an object. Check "
+                                     f"that the host of the Lytics connection is the API (https://api.lytics.io)")
             return resp.status_code, body
 
         status, body = retry_call(attempt_parsed, self.policy, what=what, on_retry=on_retry)

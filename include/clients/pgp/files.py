@@ -250,7 +250,8 @@ def _decrypt_failure_message(
         return f"{name} failed its integrity check (truncated, modified or damaged in transfer); ask the sender to send it again"
     return (
         f"PGP decryption of {name} with {key_source}, {mine}, failed — the file looks truncated or damaged "
-        f"(gpg status {result.status or 'none'!r}, exit code {result.returncode}); gpg said: {stderr_tail(result)}"
+        f"(gpg status {result.status or 'none'!r}, exit code {result.returncode}); gpg said: {stderr_tail(result)}. "
+        f"Ask the sender to send it again"
     )
 
 

@@ -8,10 +8,13 @@ gets UTF-8, BrokenPipeError when gpg stops reading early, key text in DEBUG logs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -23,6 +26,7 @@ from pathlib import Path
 import gnupg
 
 from include.common.errors import PermanentError
+from include.common.scratch import process_stamp, stamp_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,9 @@ def throwaway_keyring() -> Iterator[gnupg.GPG]:
     The home's gpg-agent (started by gpg on first secret-key use) is stopped before deletion, also
     when the body raises.
     """
-    home = tempfile.mkdtemp(prefix="gpg", dir=_KEYRING_PARENT)  # mkdtemp creates it 0700
+    # mkdtemp creates it 0700; the name carries this process's stamp so that a later
+    # sweep_dead_keyrings() can remove it (and stop its agent) if this process is killed.
+    home = tempfile.mkdtemp(prefix=f"gpg-{process_stamp()}-", dir=_KEYRING_PARENT)
     try:
         Path(home, "gpg-agent.conf").write_text(_AGENT_CONF)
         try:
@@ -86,6 +92,54 @@ def throwaway_keyring() -> Iterator[gnupg.GPG]:
         _remove_home(home)
 
 
+_HOME_NAME = re.compile(r"^gpg-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.(?P<start>\d+)-")
+
+
+def sweep_dead_keyrings(parent: str | None = None) -> list[str]:
+    """Stop the gpg-agents of, and delete, the throwaway homes whose process is gone (killed before its
+    cleanup ran); the homes deleted. Homes of live processes, other users and other hosts are left alone."""
+    parent = parent or _KEYRING_PARENT
+    swept = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return swept
+    for entry in entries:
+        match = _HOME_NAME.match(entry.name)
+        if match is None or not stamp_is_dead(match):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode):
+            continue
+        _remove_home(entry.path)
+        swept.append(entry.path)
+    if swept:
+        log.info("Removed %d gpg home(s) left by killed tasks (their gpg-agents stopped): %s", len(swept), swept)
+    return swept
+
+
+def _agent_pids(home: str) -> list[int]:
+    """This user's gpg-agent processes started for `home` (`gpg-agent --homedir <home> ...`), from /proc."""
+    pids = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return pids
+    for name in filter(str.isdigit, names):
+        try:
+            if os.stat(f"/proc/{name}").st_uid != os.getuid():
+                continue
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"gpg-agent" and home.encode() in argv:
+            pids.append(int(name))
+    return pids
+
+
 def _remove_home(home: str) -> None:
     """Stop the home's gpg-agent, then delete the home; cleanup errors are logged, never raised."""
     for args in (["--kill", "gpg-agent"], ["--remove-socketdir"]):  # socketdir: only under /run/user
@@ -95,6 +149,9 @@ def _remove_home(home: str) -> None:
             )
         except (OSError, subprocess.SubprocessError) as e:
             log.debug("gpgconf %s for %s failed: %s", args[0], home, e)
+    for pid in _agent_pids(home):  # gpgconf could not reach it (socket gone): stop it directly
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
     for _ in range(3):  # the exiting agent may still be unlinking its sockets
         shutil.rmtree(home, ignore_errors=True)
         if not os.path.exists(home):

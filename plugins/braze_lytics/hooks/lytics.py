@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from braze_lytics.hooks.braze import braze_base_url
+from braze_lytics.hooks.braze import checked_endpoint
 
 if TYPE_CHECKING:
     from include.clients.lytics.scan import LyticsClient
@@ -16,7 +16,8 @@ class LyticsHook(BaseHook):
     """Lytics API access from an Airflow Connection.
 
     Connection (type ``http``): ``host`` = API base URL (``https://api.lytics.io``), ``password`` =
-    an API token (sent as the raw ``Authorization`` header, as Lytics expects).
+    an API token (sent as the raw ``Authorization`` header, as Lytics expects). Plain ``http://``
+    is refused unless the host is this machine or the extra sets ``"allow_insecure_http": true``.
 
     Example::
 
@@ -39,5 +40,5 @@ class LyticsHook(BaseHook):
         conn = self.get_connection(self.lytics_conn_id)
         if not conn.password:
             raise ConfigError(f"connection {self.lytics_conn_id!r} has no password; put the Lytics API token there")
-        host = conn.host or "https://api.lytics.io"
-        return LyticsClient(braze_base_url(host, conn.schema, conn.port), conn.password)
+        endpoint = checked_endpoint(conn, self.lytics_conn_id, "Lytics API", default_host="https://api.lytics.io")
+        return LyticsClient(endpoint, conn.password)

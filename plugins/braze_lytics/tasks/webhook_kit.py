@@ -28,7 +28,7 @@ def kit_settings(conn_id: str = LYTICS_CONN_ID, *, stream: str | None = None):
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    from braze_lytics.hooks.braze import braze_base_url
+    from braze_lytics.hooks.braze import checked_endpoint
     from include.clients.lytics.collect import BRAZE_USERS_STREAM, DEFAULT_BASE_URL
     from include.common.errors import ConfigError
     from include.webhook_kit.kit import KitSettings
@@ -46,7 +46,7 @@ def kit_settings(conn_id: str = LYTICS_CONN_ID, *, stream: str | None = None):
     if account in (None, ""):
         raise ConfigError(f"{where} has no extra {ACCOUNT_EXTRA!r}; add {{\"{ACCOUNT_EXTRA}\": \"<ACCOUNT-NUMBER>\"}} "
                           f"(Lytics: Account Settings, the number in /c/<ACCOUNT-NUMBER>/)")
-    base = braze_base_url(conn.host or DEFAULT_BASE_URL, conn.schema, conn.port)
+    base = checked_endpoint(conn, conn_id, "Lytics API", default_host=DEFAULT_BASE_URL)  # no token over plain http
     try:
         return KitSettings(base, str(account), conn.password, stream or BRAZE_USERS_STREAM,
                            source=f"Airflow {where}")
