@@ -12,6 +12,13 @@ Endpoints (``GET`` unless noted, all JSON ``{"status": ..., "message": ..., ...}
 and the collect endpoints a Braze webhook step posts to (``POST /c/{account}/{stream}?key=...``,
 ``POST /collect/json/{stream}``; :mod:`sandbox.lytics_collect`, events recorded in ``collect``).
 
+Not Lytics: one **control endpoint** for tests that drive a sandbox running in another process (the
+local stack of ``scripts/up.sh``), where ``store`` cannot be reached: ``POST
+/_sandbox/audiences/{id-or-slug}/remove`` with ``{"share": 0.6}`` (or ``{"count": N}``) makes that
+many members leave the audience (lowest user indices first) and answers ``{"data": {"removed": N,
+"members": M}}``. It needs the token like every endpoint and exists only while the sandbox listens
+on a loopback address (the default, and the stack's); otherwise it is a 404.
+
 Auth: ``Authorization: <token>`` (raw -- ``Bearer <token>`` is refused) or, for older clients,
 ``?key=<token>``. The token never appears in logs (the request log drops the query string).
 
@@ -43,6 +50,8 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import ipaddress
+import json
 import os
 import re
 import secrets
@@ -69,6 +78,8 @@ RESET = "reset"  # fail_next(n, RESET): close the connection (TCP RST) without a
 TOKEN_TTL = 300.0
 
 _SEGMENT_RE = re.compile(r"^/api/segment/([^/]+)(/scan)?/?$")
+CONTROL_PREFIX = "/_sandbox/"
+_CONTROL_RE = re.compile(r"^/_sandbox/audiences/([^/]+)/remove/?$")
 
 
 class LyticsSandbox(BackgroundHttpServer):
@@ -243,6 +254,8 @@ class LyticsSandbox(BackgroundHttpServer):
             return error_response(401, "Unauthorized")
         if self._limiter is not None and not self._limiter.allow():
             return error_response(429, "rate limit exceeded")
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(method, path, body)
         if is_collect_path(path):
             return self.collect.handle(method, path, headers, body)
         if method != "GET":
@@ -260,6 +273,37 @@ class LyticsSandbox(BackgroundHttpServer):
         if m.group(2):
             return self._scan(audience, params)
         return json_response(200, {"message": "success", "data": self._describe(audience)})
+
+    def _control(self, method: str, path: str, body: bytes) -> Response:
+        """The test control endpoint (see the module docstring): members leave an audience."""
+        m = _CONTROL_RE.match(path)
+        if m is None or not _is_loopback(self.host):
+            return error_response(404, "not found")
+        if method != "POST":
+            return json_response(405, {"message": "method not allowed"}, Allow="POST")
+        audience = self._find(unquote(m.group(1)))
+        if audience is None:
+            return error_response(404, "segment not found")
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict) or len(req.keys() & {"share", "count"}) != 1:
+                raise ValueError
+            members = self.store.count(audience.id)
+            if "share" in req:
+                share = float(req["share"])
+                if not 0.0 <= share <= 1.0:
+                    raise ValueError
+                count = round(share * members)
+            else:
+                count = req["count"]
+                if type(count) is not int or count < 0:
+                    raise ValueError
+        except (ValueError, TypeError):
+            return error_response(400, 'expected {"share": 0..1} or {"count": N >= 0}')
+        leaving = self.store.next_members(audience.id, -1, count) if count else []
+        removed = self.store.remove(audience.id, leaving)
+        return json_response(200, {"message": "success",
+                                   "data": {"removed": removed, "members": self.store.count(audience.id)}})
 
     def _authorized(self, headers, params: dict[str, list[str]]) -> bool:
         expected = self.token.encode()
@@ -357,6 +401,13 @@ def _renamed_record(audience: Audience, i: int, segments: list[str], fields: lis
             if new:
                 rec[new] = value
     return rec
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _param(params: dict[str, list[str]], name: str) -> str | None:
