@@ -63,7 +63,7 @@ LYTICS_FILES = Asset("braze_lytics://lytics/segment_files")
 def braze_segments_to_lytics():
     @task(execution_timeout=timedelta(minutes=30))
     def plan_segments(params=None) -> list[dict]:
-        return segment_tasks.plan_segments(params["segments"])
+        return segment_tasks.plan_segments(params["segments"], get_current_context())
 
     @task_group(group_id="segment")
     def per_segment(segment: dict):

@@ -72,3 +72,27 @@ def names_param(section: str, *, title: str, what: str) -> Param:
 
 def flag(title: str, description: str, default: bool = False) -> Param:
     return Param(default, type="boolean", title=title, description=description)
+
+
+def refuse_unknown_conf(context) -> None:
+    """Fail the run's first task when its conf holds a key that is not one of the DAG's params.
+
+    Airflow accepts any extra key in a run's conf and ignores it, so `{"dryrun": true}` would
+    start a real run that sends. This names the key and the close matches before anything is done.
+    """
+    import difflib
+
+    from include.common.errors import ConfigError
+
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    known = sorted(context["dag"].params.keys())
+    unknown = sorted(str(key) for key in conf if key not in known)
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise ConfigError(f"this run's conf has {'keys' if len(unknown) > 1 else 'a key'} that "
+                      f"{context['dag'].dag_id} does not know: {', '.join(hints)}; known params: {known}. "
+                      "Nothing was done: trigger the run again with the right names")

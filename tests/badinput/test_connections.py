@@ -88,10 +88,10 @@ def test_an_undefined_connection_is_airflows_not_found_error_naming_it():
         use("sftp", "never_defined")
 
 
-@pytest.mark.xfail(strict=True, reason="defect (plugins/braze_lytics/hooks/sftp_target.py, not fixed here): "
-                                       "extra conn_timeout that is not a number raises a raw ValueError")
-def test_a_non_numeric_sftp_timeout_is_a_config_error(monkeypatch):
+@pytest.mark.parametrize("timeout", ["soon", -5, "nan", 1e9])
+def test_a_bad_sftp_timeout_is_a_config_error_naming_the_connection(monkeypatch, timeout):
     monkeypatch.setenv("AIRFLOW_CONN_BAD_CONN", json.dumps({"conn_type": "sftp", "host": "h", "login": "u",
-                                                            "password": "p", "extra": {"conn_timeout": "soon"}}))
-    with pytest.raises(ConfigError):
+                                                            "password": "p", "extra": {"conn_timeout": timeout}}))
+    with pytest.raises(Exception) as err:
         use("sftp", "bad_conn")
+    check_error(err.value, ConfigError, (r"'bad_conn'", r"conn_timeout", r"Admin > Connections"))

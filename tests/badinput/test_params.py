@@ -91,13 +91,24 @@ def test_bad_trigger_params_are_refused_naming_the_param(case: ParamCase, dags):
         assert re.search(fragment, str(err.value)), (fragment, str(err.value))
 
 
-@pytest.mark.xfail(strict=True, reason="defect (plugins/DAG level, not fixed here): a misspelt param key such as "
-                                       "'dryrun' is accepted and ignored, so a run meant to be dry sends to Braze")
-def test_a_misspelt_param_name_is_refused(dags):
-    from airflow.sdk.exceptions import ParamValidationError
+@pytest.mark.parametrize(("dag_id", "conf", "says"), [
+    (L2B, {"dryrun": True}, (r"'dryrun' \(did you mean 'dry_run'\?\)", r"lytics_audiences_to_braze", r"known params")),
+    (B2L, {"segment": ["vip_users"]}, (r"'segment' \(did you mean 'segments'\?\)",)),
+    (DRIFT, {"repiar": True, "zzz": 1}, (r"keys", r"'repiar' \(did you mean 'repair'\?\)", r"'zzz'")),
+])
+def test_a_misspelt_param_name_fails_the_first_task_naming_the_close_match(dags, dag_id, conf, says):
+    """Airflow's params validation accepts unknown conf keys (and ignores them), so a run meant to be
+    dry would send; the first task of every DAG refuses them before anything is done."""
+    from types import SimpleNamespace
 
-    with pytest.raises(ParamValidationError):
-        validate(dags, L2B, {"dryrun": True})
+    from braze_lytics.trigger_forms import refuse_unknown_conf
+
+    validate(dags, dag_id, conf)  # Airflow lets it through ...
+    with pytest.raises(Exception) as err:  # ... the first task does not
+        refuse_unknown_conf({"dag": dags[dag_id], "dag_run": SimpleNamespace(conf=conf)})
+    check_error(err.value, ConfigError, (*says, r"trigger the run again"))
+    refuse_unknown_conf({"dag": dags[dag_id], "dag_run": SimpleNamespace(conf={"dry_run": True} if dag_id == L2B
+                                                                            else {})})
 
 
 # When the trigger form could not read the names (free text), the first task checks them.

@@ -220,6 +220,16 @@ def test_dry_run_sends_and_commits_nothing(sandboxes):
     assert braze.profiles.snapshot() == expected_state(lytics)
 
 
+def test_a_misspelt_dry_run_param_fails_the_first_task_and_sends_nothing(sandboxes):
+    lytics, braze, state = sandboxes
+    dag_run = run_dag(1, dryrun=True)  # meant dry_run: Airflow itself would accept and ignore it
+    assert dag_run.state == "failed"
+    plan = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "plan_audiences")
+    assert plan.state == "failed" and plan.try_number == 1  # not retried: a wrong name stays wrong
+    assert braze.stats["requests"] == 0
+    assert not list(state.glob("audiences/*/committed.json"))
+
+
 def test_injected_faults_still_end_in_the_exact_state(tmp_path, monkeypatch, airflow_db):
     with wired_sandboxes(tmp_path, monkeypatch, {"min_chunk_users": 1000},
                          track_faults=0.10, fault_seed=5, fault_sleep=0.3) as (lytics, braze, _):

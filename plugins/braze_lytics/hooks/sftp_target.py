@@ -71,6 +71,22 @@ class SftpTargetHook(BaseHook):
             private_key_passphrase=extra.get("private_key_passphrase") or None,
             host_key=extra.get("host_key") or None,
             no_host_key_check=_flag(extra.get("no_host_key_check", False)),
-            timeout=float(extra.get("conn_timeout") or 30),
+            timeout=_timeout(extra.get("conn_timeout"), name),
             name=name,
         )
+
+
+def _timeout(value: Any, name: str) -> float:
+    """The extra's ``conn_timeout`` in seconds (default 30), or a ConfigError saying what to write."""
+    from include.common.errors import ConfigError
+
+    if value in (None, ""):
+        return 30.0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds <= 3600:  # also false for NaN
+        raise ConfigError(f"connection {name!r}: extra conn_timeout must be a number of seconds between 0 and "
+                          f"3600, got {str(value)[:40]!r}; fix it in Admin > Connections (or remove it for 30 s)")
+    return seconds

@@ -61,11 +61,13 @@ def plan_audiences(params: dict, context) -> list[dict]:
     `retire`: they are not scanned, and the plan removes their slug from every committed member.
     Committed audiences that are neither configured nor retired are named in a warning.
     """
+    from braze_lytics.trigger_forms import refuse_unknown_conf
     from include.audiences_to_braze.config import load_audience_config
     from include.audiences_to_braze.planning import unconfigured_committed_audiences
     from include.common.errors import ConfigError
 
     with fail_fast_on_permanent_errors():
+        refuse_unknown_conf(context)
         config = load_audience_config()
         audiences = config.select(params.get("audiences") or [])
         configured = {a.slug for a in config.audiences}

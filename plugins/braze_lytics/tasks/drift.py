@@ -20,9 +20,11 @@ log = logging.getLogger(__name__)
 
 def plan_check(params: dict, context) -> dict:
     """Read and validate the configuration once; what `check_drift` needs (XCom)."""
+    from braze_lytics.trigger_forms import refuse_unknown_conf
     from include.audiences_to_braze.config import load_audience_config
 
     with fail_fast_on_permanent_errors():
+        refuse_unknown_conf(context)
         config = load_audience_config()
         audiences = config.select(params.get("audiences") or [])
     repair = params.get("repair")

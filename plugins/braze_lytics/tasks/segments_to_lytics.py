@@ -29,11 +29,13 @@ def run_date(context) -> Any:
     return context.get("logical_date") or context["dag_run"].run_after
 
 
-def plan_segments(selected: list[str] | None) -> list[dict]:
+def plan_segments(selected: list[str] | None, context) -> list[dict]:
     """Read and validate the configuration; one small dict per segment to map over."""
+    from braze_lytics.trigger_forms import refuse_unknown_conf
     from include.segments_to_lytics.config import load_config
 
     with fail_fast_on_permanent_errors():
+        refuse_unknown_conf(context)
         config = load_config()
         segments = config.select(selected or [])
     log.info("Configuration %s: %d segment(s): %s", config.path, len(segments), [s.name for s in segments])

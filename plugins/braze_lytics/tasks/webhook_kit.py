@@ -61,10 +61,12 @@ def webhook_kit(params: dict, context) -> dict:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
+    from braze_lytics.trigger_forms import refuse_unknown_conf
     from include.webhook_kit import template
     from include.webhook_kit.kit import render, send_test_event
 
     with fail_fast_on_permanent_errors():
+        refuse_unknown_conf(context)
         settings = kit_settings(LYTICS_CONN_ID)
     outcome = send_test_event(settings) if params.get("send_test_event") else None
     log.info("Braze webhook set-up for Lytics:\n%s", render(settings, show_key=False, outcome=outcome))
