@@ -280,3 +280,22 @@ def test_a_server_with_an_untrusted_certificate_is_refused(self_signed_server):
     with pytest.raises(TransientError, match="SSLError"):
         client.start_segment_export("seg", ["external_id"])
     assert hits == []  # the TLS handshake failed: no request (and no API key) reached the server
+
+
+def test_the_env_example_sandbox_connections_are_accepted_and_the_real_ones_need_tls(hooks, monkeypatch):
+    """The commented connection lines of .env.example (what a team copies) work as written."""
+    import re
+    from pathlib import Path
+
+    braze_hook, lytics_hook = hooks
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    lines = re.findall(r"^# (AIRFLOW_CONN_(BRAZE|LYTICS)_DEFAULT)='(.*)'$", text, re.MULTILINE)
+    assert len(lines) == 4, lines  # a real-account and a sandbox example of each
+    for var, vendor, value in lines:
+        conn = json.loads(value.replace("<", "").replace(">", ""))
+        if vendor == "LYTICS":
+            conn.setdefault("extra", {}).setdefault("account_id", "1234")
+        monkeypatch.setenv(var, json.dumps(conn))
+        hook = braze_hook("braze_default") if vendor == "BRAZE" else lytics_hook("lytics_default")
+        client = hook.get_conn()
+        assert client.base_url.startswith("https://") or conn["extra"].get("allow_insecure_http") is True
