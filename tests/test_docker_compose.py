@@ -246,14 +246,15 @@ def test_a_filled_in_env_gives_a_consistent_stack():
     assert broker.password == full_env()["REDIS_PASSWORD"] == environment(stack["services"]["redis"])["REDISCLI_AUTH"]
     store = json.loads(env["AIRFLOW_CONN_BRAZE_LYTICS_STORE"])
     assert store["conn_type"] == "aws"
-    assert (store["login"], store["password"]) == (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
-    assert store["extra"]["endpoint_url"] == env["FSSPEC_S3_ENDPOINT_URL"]
+    assert (store["login"], store["password"]) == (full_env()["STATE_STORE_ACCESS_KEY"],
+                                                   full_env()["STATE_STORE_SECRET_KEY"])
+    assert urlsplit(store["extra"]["endpoint_url"]).hostname == "object-store"
     # Optional values left empty in .env fall back to their defaults.
     assert stack["services"]["airflow-worker"]["image"] == "braze-lytics-airflow:local"
-    assert env["BRAZE_LYTICS_STATE_URL"] == "s3://braze-lytics/state"
+    assert env["BRAZE_LYTICS_STATE_URL"] == "s3://braze_lytics_store@braze-lytics/state"
     assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "16"
     empty = resolved({**full_env(), **{k: "" for k in env_example() if k not in REQUIRED}})
-    assert environment(empty["x-airflow-common"])["BRAZE_LYTICS_STATE_URL"] == "s3://braze-lytics/state"
+    assert environment(empty["x-airflow-common"])["BRAZE_LYTICS_STATE_URL"] == "s3://braze_lytics_store@braze-lytics/state"
 
 
 # --- health checks and start-up order ---------------------------------------------------------------
@@ -347,12 +348,16 @@ def test_volumes_exist_and_code_is_baked_into_the_image():
 def test_the_state_store_lives_in_the_object_store():
     env = environment(COMPOSE["x-airflow-common"])
     bucket = "${STATE_BUCKET:-braze-lytics}"
-    assert env["BRAZE_LYTICS_STATE_URL"] == f"s3://{bucket}/state"
-    endpoint = urlsplit(env["FSSPEC_S3_ENDPOINT_URL"])
+    # the URL names the Airflow connection that holds the bucket's key and endpoint (no AWS_* defaults
+    # that every other aws connection of the workers would silently pick up)
+    assert env["BRAZE_LYTICS_STATE_URL"] == f"s3://braze_lytics_store@{bucket}/state"
+    conn_text = env["AIRFLOW_CONN_BRAZE_LYTICS_STORE"]
+    assert '"login": "${STATE_STORE_ACCESS_KEY:?' in conn_text and '"password": "${STATE_STORE_SECRET_KEY:?' in conn_text
+    resolved_conn = json.loads(environment(resolved()["x-airflow-common"])["AIRFLOW_CONN_BRAZE_LYTICS_STORE"])
+    endpoint = urlsplit(resolved_conn["extra"]["endpoint_url"])
     assert (endpoint.hostname, endpoint.port) == ("object-store", 9000)
     assert 9000 in SERVICES["object-store"]["expose"]
-    assert env["AWS_ACCESS_KEY_ID"].startswith("${STATE_STORE_ACCESS_KEY:?")
-    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${STATE_STORE_SECRET_KEY:?")
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FSSPEC_S3_ENDPOINT_URL"} & set(env)
 
     store = SERVICES["object-store"]
     assert "minio" in store["image"] and not store["image"].endswith((":latest", "minio"))
@@ -366,7 +371,7 @@ def test_the_state_store_lives_in_the_object_store():
     assert environment(init)["STATE_BUCKET"] == bucket
     # the same bucket the pipeline is told about, after interpolation too
     stack = resolved({**full_env(), "STATE_BUCKET": "acme-state"})
-    assert environment(stack["x-airflow-common"])["BRAZE_LYTICS_STATE_URL"] == "s3://acme-state/state"
+    assert environment(stack["x-airflow-common"])["BRAZE_LYTICS_STATE_URL"] == "s3://braze_lytics_store@acme-state/state"
     assert environment(stack["services"]["object-store-init"])["STATE_BUCKET"] == "acme-state"
 
 

@@ -63,17 +63,22 @@ class StateStore:
 
     :param url: where the state lives: a local directory (created on first write), `file://...`,
         `s3://bucket/prefix`, `memory://name`, ... Credentials for object stores come from the
-        environment as fsspec/s3fs read them (instance role, `AWS_*` variables).
+        environment as fsspec/s3fs read them (instance role, `AWS_*` variables), unless the caller
+        opened the filesystem itself and passes it as `filesystem` with the path inside it as `root`
+        (the Airflow glue does this for `s3://<conn_id>@bucket/prefix`, credentials from a Connection).
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, filesystem: Any = None, root: str | None = None):
         if not url or not str(url).strip():
             raise ConfigError("state store URL is empty: set it to a local directory or an s3:// URL")
         self.url = str(url)
-        try:
-            self.fs, root = fsspec.core.url_to_fs(self.url)
-        except (ImportError, ValueError) as exc:  # unknown protocol, or its package is missing (s3fs, gcsfs)
-            raise ConfigError(f"state store URL {self.url!r} cannot be opened: {exc}") from exc
+        if filesystem is not None:  # opened by the caller (e.g. from an Airflow connection): `root` is its path
+            self.fs, root = filesystem, str(root or "")
+        else:
+            try:
+                self.fs, root = fsspec.core.url_to_fs(self.url)
+            except (ImportError, ValueError) as exc:  # unknown protocol, or its package is missing (s3fs, gcsfs)
+                raise ConfigError(f"state store URL {self.url!r} cannot be opened: {exc}") from exc
         self._root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
 

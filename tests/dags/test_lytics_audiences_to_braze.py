@@ -230,6 +230,33 @@ def test_a_misspelt_dry_run_param_fails_the_first_task_and_sends_nothing(sandbox
     assert not list(state.glob("audiences/*/committed.json"))
 
 
+def test_state_in_a_bucket_named_by_a_connection_keeps_two_runs_in_sync(tmp_path, monkeypatch, airflow_db,
+                                                                       s3_bucket):
+    """state_url `s3://<conn_id>@bucket/prefix`: the S3 credentials and endpoint come from that Airflow
+    connection (as every worker of a deployment has it), none from AWS_* / FSSPEC_* variables."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_TEAM_STATE", json.dumps({
+        "conn_type": "aws", "login": s3_bucket.access_key, "password": s3_bucket.secret_key,
+        "extra": {"endpoint_url": s3_bucket.endpoint_url, "region_name": s3_bucket.region}}))
+    settings = {"max_chunks": 2, "min_chunk_users": 500, "rate_limit_requests": 400, "rate_limit_seconds": 1.0,
+                "state_url": f"s3://team_state@{s3_bucket.name}/l2b"}
+    with wired_sandboxes(tmp_path, monkeypatch, settings, track_rate_limit=400, track_rate_window=1.0) as wired:
+        lytics, braze, _ = wired
+        first = run_dag(1)
+        assert first.state == "success", states(first)
+        assert braze.profiles.snapshot() == expected_state(lytics)
+        lytics.store.churn("a2", 0.05, seed=7)
+        second = run_dag(2)
+        assert second.state == "success", states(second)
+        assert braze.profiles.snapshot() == expected_state(lytics)
+        assert report_of(second)["audiences"]["churn_risk"]["removes"] > 0
+    committed = [k for k in s3_bucket.keys("l2b/audiences/") if k.endswith("/committed.json")]
+    assert sorted(committed) == [f"l2b/audiences/{slug}/committed.json"
+                                 for slug in ("churn_risk", "high_value", "newsletter")]
+    assert not (tmp_path / "state").exists()  # nothing fell back to a local directory
+
+
 def test_injected_faults_still_end_in_the_exact_state(tmp_path, monkeypatch, airflow_db):
     with wired_sandboxes(tmp_path, monkeypatch, {"min_chunk_users": 1000},
                          track_faults=0.10, fault_seed=5, fault_sleep=0.3) as (lytics, braze, _):

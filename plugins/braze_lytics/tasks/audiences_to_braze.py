@@ -35,11 +35,14 @@ def _frozen(config: dict):
 
 
 def state_store(config):
-    """The state store: config `state_url`, else $BRAZE_LYTICS_STATE_URL, else under $AIRFLOW_HOME."""
-    from include.clients.state_store import StateStore
+    """The state store: config `state_url`, else $BRAZE_LYTICS_STATE_URL, else under $AIRFLOW_HOME.
+
+    ``s3://<conn_id>@bucket/prefix`` takes the credentials from that Airflow connection.
+    """
+    from braze_lytics.hooks.state_store import open_state_store
     from include.common import settings
 
-    return StateStore(config.state_url or settings.default_state_url())
+    return open_state_store(config.state_url or settings.default_state_url())
 
 
 def _plan_options(config, params: dict):
@@ -226,18 +229,22 @@ def _require_approval(store, run_key: str, context) -> dict:
 def deliver_chunk(chunk: int, config: dict, context) -> dict:
     from braze_lytics.hooks.braze import BrazeHook
     from include.audiences_to_braze.delivery import deliver_chunk as deliver
+    from include.audiences_to_braze.delivery import shared_budget
     from include.common.rate_limit import RateLimiter
 
     context["chunk_label"] = f"chunk {chunk}"
     with fail_fast_on_permanent_errors():
         cfg = _frozen(config)
-        _require_approval(state_store(cfg), _run_key(context), context)
-        # The workspace budget is shared by the pool's parallel deliveries.
-        budget = max(1, cfg.rate_limit_requests // cfg.delivery_concurrency)
-        limiter = RateLimiter(budget, cfg.rate_limit_seconds)
+        store = state_store(cfg)
+        _require_approval(store, _run_key(context), context)
+        # The workspace budget is shared by the run's delivery tasks that are sending (leases in the
+        # state store): a task alone paces the whole budget, N tasks a share each.
+        limiter = RateLimiter(cfg.rate_limit_requests, cfg.rate_limit_seconds)
         client = BrazeHook(cfg.braze_conn_id).get_track_client(limiter, batch_limit=cfg.batch_size)
-        progress = deliver(state_store(cfg), _run_key(context), chunk, client.track,
-                           _plan_options(cfg, context["params"]), update_existing_only=cfg.update_existing_only)
+        with shared_budget(store, _run_key(context), chunk, limiter, limit=cfg.rate_limit_requests,
+                           slots=cfg.delivery_concurrency):
+            progress = deliver(store, _run_key(context), chunk, client.track,
+                               _plan_options(cfg, context["params"]), update_existing_only=cfg.update_existing_only)
     return {k: progress[k] for k in ("sent", "requests", "retries")} | {"dead_lettered": len(progress["failed"])}
 
 

@@ -60,7 +60,7 @@ class UnservedStore(Exception):
 
 def state_store(config: dict | None):
     """The state store of an audience run, from its frozen configuration (XCom) or the default."""
-    from include.clients.state_store import StateStore
+    from braze_lytics.hooks.state_store import open_state_store
     from include.common import settings
 
     url = str((config or {}).get("state_url") or settings.default_state_url())
@@ -68,7 +68,7 @@ def state_store(config: dict | None):
     if not protocols <= SERVED_PROTOCOLS:
         raise UnservedStore(f"the run's state store uses {sorted(protocols - SERVED_PROTOCOLS)}, which the run "
                             f"report does not read (served: {', '.join(sorted(SERVED_PROTOCOLS))})")
-    return StateStore(url)
+    return open_state_store(url)
 
 
 def audience_file_key(run_id: str, name: str) -> str | None:
