@@ -312,16 +312,18 @@ def test_depends_on_waits_for_health_and_completed_set_up():
 
 # --- workers, volumes, the shared store ---------------------------------------------------------------
 
-def test_at_least_two_celery_workers_share_the_quarantine():
+def test_at_least_two_celery_workers_share_the_quarantine_through_the_bucket():
     workers = [s for s in SERVICES.values() if command_text(s) == "celery worker" and not s.get("profiles")]
     assert sum(int((w.get("deploy") or {}).get("replicas", 1)) for w in workers) >= 2
-    quarantine = environment(COMPOSE["x-airflow-common"])["BRAZE_LYTICS_QUARANTINE_DIR"]
-    work = environment(COMPOSE["x-airflow-common"])["BRAZE_LYTICS_WORK_DIR"]
+    env = environment(COMPOSE["x-airflow-common"])
+    # rejected rows go to the state bucket through the same connection: every worker and the API
+    # server (which serves them in the run report) reach them; none stay on one worker's disk
+    assert env["BRAZE_LYTICS_QUARANTINE_URL"] == "s3://braze_lytics_store@${STATE_BUCKET:-braze-lytics}/quarantine"
+    assert "BRAZE_LYTICS_QUARANTINE_DIR" not in env
+    work = env["BRAZE_LYTICS_WORK_DIR"]
     for worker in workers:
         assert environment(worker)["DUMB_INIT_SETSID"] == "0"
         mounts = {v.split(":")[1] if ":" in v else v: v.split(":")[0] for v in worker["volumes"]}
-        # the quarantine setting is a local path: one named volume, the same for every worker
-        assert mounts[quarantine] in COMPOSE["volumes"], "quarantine must be a named (shared) volume"
         assert mounts["/opt/airflow/logs"] == "airflow-logs"
         assert mounts[work] == work  # anonymous: scratch space per container
 

@@ -68,10 +68,11 @@ class StateStore:
         (the Airflow glue does this for `s3://<conn_id>@bucket/prefix`, credentials from a Connection).
     """
 
-    def __init__(self, url: str, *, filesystem: Any = None, root: str | None = None):
+    def __init__(self, url: str, *, filesystem: Any = None, root: str | None = None, setting: str = _SETTING):
         if not url or not str(url).strip():
             raise ConfigError("state store URL is empty: set it to a local directory or an s3:// URL")
         self.url = str(url)
+        self.setting = setting  # where this store is configured, for messages
         if filesystem is not None:  # opened by the caller (e.g. from an Airflow connection): `root` is its path
             self.fs, root = filesystem, str(root or "")
         else:
@@ -246,7 +247,7 @@ class StateStore:
         except PermissionError as exc:
             raise AuthError(
                 f"no permission to {action} state {self._where(key)}: {exc}; check the worker's "
-                f"credentials / the directory's owner, or point {_SETTING} to a place it may write"
+                f"credentials / the directory's owner, or point {self.setting} to a place it may write"
             ) from exc
         except (NotADirectoryError, IsADirectoryError) as exc:
             raise PermanentError(f"cannot {action} state {self._where(key)}: {exc}") from exc
@@ -254,7 +255,7 @@ class StateStore:
             if exc.errno in _UNWRITABLE:
                 raise StorageError(
                     f"cannot {action} state {self._where(key)}: {_UNWRITABLE[exc.errno]} ({exc}). Free space or make "
-                    f"it writable, or point {_SETTING} to another place (moving the existing state with it), then "
+                    f"it writable, or point {self.setting} to another place (moving the existing state with it), then "
                     f"clear the task."
                 ) from exc
             raise TransientError(f"could not {action} state {self._where(key)}: {exc}") from exc

@@ -12,6 +12,8 @@ variable                            default                                  mea
 BRAZE_LYTICS_CONFIG                 include/config/braze_lytics.yaml         the pipeline configuration
 BRAZE_LYTICS_WORK_DIR               the system temp directory                scratch files (0700 dirs)
 BRAZE_LYTICS_QUARANTINE_DIR         $AIRFLOW_HOME/braze_lytics/quarantine    rejected rows, for review
+BRAZE_LYTICS_QUARANTINE_URL         (unset: the directory above)             rejected rows in an object
+                                                                             store shared by all workers
 BRAZE_LYTICS_STATE_URL              $AIRFLOW_HOME/braze_lytics/state         audience state (when the
                                                                              config has no state_url)
 BRAZE_LYTICS_SHAPE_WORKERS          min(2, CPUs)                             processes shaping one export
@@ -37,6 +39,7 @@ T = TypeVar("T")
 CONFIG = "BRAZE_LYTICS_CONFIG"
 WORK_DIR = "BRAZE_LYTICS_WORK_DIR"
 QUARANTINE_DIR = "BRAZE_LYTICS_QUARANTINE_DIR"
+QUARANTINE_URL = "BRAZE_LYTICS_QUARANTINE_URL"
 STATE_URL = "BRAZE_LYTICS_STATE_URL"
 SHAPE_WORKERS = "BRAZE_LYTICS_SHAPE_WORKERS"
 TASK_RETRIES = "BRAZE_LYTICS_TASK_RETRIES"
@@ -136,6 +139,14 @@ def quarantine_dir() -> Path:
     """Where rejected rows are kept for review."""
     return _read(QUARANTINE_DIR, airflow_home() / "braze_lytics" / "quarantine", _absolute_dir,
                  "an absolute directory path (not a file)")
+
+
+def quarantine_url() -> str | None:
+    """Where rejected rows are kept when they must be shared by workers on several hosts (e.g.
+    ``s3://<conn_id>@bucket/quarantine``); None: in :func:`quarantine_dir` on the worker."""
+    return _read(QUARANTINE_URL, None, _state_url,
+                 "a directory path or an fsspec URL such as s3://<conn_id>@bucket/quarantine (a protocol fsspec "
+                 "knows, with its package installed)")
 
 
 def default_state_url() -> str:

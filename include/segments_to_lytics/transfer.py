@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from include.clients.pgp.files import PgpKey, decrypt_file, encrypt_file, is_encrypted_name
 from include.clients.pgp.keyring import sweep_dead_keyrings
@@ -42,6 +44,9 @@ class TransferJob:
     decrypt_key: PgpKey | None = None
     encrypt_key: PgpKey | None = None
     workers: int = 1
+    # Set (a StateStore): rejected rows go there, under `quarantine_key`, instead of `quarantine_dir`, so
+    # a report served from another host finds them (BRAZE_LYTICS_QUARANTINE_URL).
+    quarantine_store: Any = None
 
     @property
     def ds_nodash(self) -> str:
@@ -55,6 +60,18 @@ class TransferJob:
     @property
     def quarantine_path(self) -> Path:
         return quarantine_file(self.quarantine_dir, self.segment.name, self.segment.file_root, self.ds_nodash)
+
+    @property
+    def quarantine_key(self) -> str:
+        """The quarantine file's key in `quarantine_store`: `<segment>/<file_root>_<YYYYMMDD>.quarantine.csv`."""
+        return quarantine_file(Path(), self.segment.name, self.segment.file_root, self.ds_nodash).as_posix()
+
+    @property
+    def quarantine_location(self) -> str:
+        """Where the rejected rows are, for messages and the report."""
+        if self.quarantine_store is not None:
+            return self.quarantine_store.path(self.quarantine_key)
+        return str(self.quarantine_path)
 
 
 def quarantine_file(quarantine_dir: Path, segment_name: str, file_root: str, ds_nodash: str) -> Path:
@@ -114,9 +131,22 @@ def _check_rejections(job: TransferJob, stats: ShapeStats) -> None:
     raise RejectedRowsError(
         f"segment {seg.name!r}: {stats.rows_rejected:,} of {stats.rows_read:,} rows "
         f"({stats.rejected_share:.2%}) were rejected, above max_rejected_share {seg.max_rejected_share:.2%}. "
-        f"Nothing was delivered. Rejected rows with their reasons are in {job.quarantine_path} "
+        f"Nothing was delivered. Rejected rows with their reasons are in {job.quarantine_location} "
         f"({reasons}). Fix the source data, or raise max_rejected_share for this segment, then clear the task."
     )
+
+
+def _store_quarantine(job: TransferJob, local: Path, rows: int) -> None:
+    """Put the run's rejected rows in the quarantine store (replacing an earlier try's), or remove a stale
+    file there when this try rejected nothing - before the rejection check, so a failing run's rows are there."""
+    store, key = job.quarantine_store, job.quarantine_key
+    if not rows:
+        store.delete(key)
+        return
+    with open(local, "rb") as src, store.open_write(key) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    local.unlink()
+    log.info("Segment %s: %d rejected row(s) kept in %s", job.segment.name, rows, store.path(key))
 
 
 def transfer_segment(job: TransferJob, fetch: Callable[[Path], Path | list[Path]]) -> dict:
@@ -139,8 +169,11 @@ def transfer_segment(job: TransferJob, fetch: Callable[[Path], Path | list[Path]
         read_options = {"max_record_bytes": int(seg.max_record_mib * (1 << 20)),
                         "max_inflate_ratio": seg.max_inflate_ratio,
                         "required_fields": list(seg.columns.values()) if kind == "csv" else None}
-        stats = shape_export(raws, shaper, plain_csv, job.quarantine_path, kind=kind, workers=job.workers,
+        local_quarantine = work / "quarantine" / "rejected.csv" if job.quarantine_store else job.quarantine_path
+        stats = shape_export(raws, shaper, plain_csv, local_quarantine, kind=kind, workers=job.workers,
                              read_options=read_options)
+        if job.quarantine_store is not None:
+            _store_quarantine(job, local_quarantine, stats.rows_quarantined)
         for raw in raws:
             raw.unlink()
         log.info(
@@ -169,7 +202,7 @@ def transfer_segment(job: TransferJob, fetch: Callable[[Path], Path | list[Path]
         "rows_quarantined": stats.rows_quarantined,
         "rows_rejected": stats.rows_rejected,
         "rows_duplicate": stats.rows_duplicate,
-        "quarantine_file": str(job.quarantine_path) if stats.rows_quarantined else None,
+        "quarantine_file": job.quarantine_location if stats.rows_quarantined else None,
         "export_bytes": export_bytes,
         "bytes": delivery.bytes,
         "sha256": delivery.sha256,

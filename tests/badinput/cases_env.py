@@ -53,4 +53,6 @@ CASES: list[EnvCase] = [
             r"an absolute directory path"),
     EnvCase("env-state-url-unknown-protocol", settings.STATE_URL, "s4://bucket/state", "default_state_url",
             r"an fsspec URL such as s3://bucket/prefix \(a protocol fsspec knows"),
+    EnvCase("env-quarantine-url-unknown-protocol", settings.QUARANTINE_URL, "s4://bucket/q", "quarantine_url",
+            r"an fsspec URL such as s3://<conn_id>@bucket/quarantine \(a protocol fsspec knows"),
 ]

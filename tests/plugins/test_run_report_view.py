@@ -306,6 +306,49 @@ def test_a_segment_run_report_shows_each_delivery_and_serves_the_quarantine_file
     assert_refused(api, url)
 
 
+def test_quarantine_in_a_shared_bucket_is_written_by_the_transfer_and_served_by_another_process(
+        tmp_path, tmp_path_factory, monkeypatch, sftp_upload_dir, airflow_db, s3_bucket):
+    """BRAZE_LYTICS_QUARANTINE_URL: the rejected rows go to the bucket (through an Airflow connection),
+    nothing stays on the worker's disk, and an API server in another process serves them."""
+    sshd = sftp_upload_dir
+    local = tmp_path / "local-quarantine"
+    monkeypatch.setenv("BRAZE_LYTICS_QUARANTINE_DIR", str(local))
+    monkeypatch.setenv("BRAZE_LYTICS_QUARANTINE_URL", f"s3://team_q@{s3_bucket.name}/quarantine")
+    monkeypatch.setenv("AIRFLOW_CONN_TEAM_Q", json.dumps({
+        "conn_type": "aws", "login": s3_bucket.access_key, "password": s3_bucket.secret_key,
+        "extra": {"endpoint_url": s3_bucket.endpoint_url, "region_name": s3_bucket.region}}))
+    with BrazeSandbox("run-report-key", [SegmentSpec("seg_ok", 1_000, malformed_every=250),
+                                         SegmentSpec("seg_bad", 400, malformed_every=20)],
+                      export_delay=0.5) as braze:
+        monkeypatch.setenv("AIRFLOW_CONN_BRAZE_DEFAULT", json.dumps(
+            {"conn_type": "http", "host": braze.url, "password": "run-report-key"}))
+        monkeypatch.setenv("AIRFLOW_CONN_LYTICS_SFTP", sshd.conn_json(sshd.key_user, auth="key"))
+        monkeypatch.setenv("BRAZE_LYTICS_CONFIG", write_config(tmp_path, [
+            {"name": "sq_ok", "segment_id": "seg_ok", "columns": GZIP_COLUMNS},
+            {"name": "sq_bad", "segment_id": "seg_bad", "columns": GZIP_COLUMNS}]))
+        dag_run = run_segments_dag()
+    assert dag_run.state == "failed"  # sq_bad rejected too many rows (its rows must still be reviewable)
+    tis = {(ti.task_id, ti.rendered_map_index): ti for ti in dag_run.get_task_instances()}
+    ok = tis[("segment.transfer", "sq_ok")].xcom_pull(task_ids="segment.transfer", map_indexes=0)
+    keys = {name: f"quarantine/{name}/{name}_20261123.quarantine.csv" for name in ("sq_ok", "sq_bad")}
+    assert sorted(s3_bucket.keys("quarantine/")) == sorted(keys.values())
+    assert ok["quarantine_file"].startswith("s3://") and ok["quarantine_file"].endswith(keys["sq_ok"])
+    assert not [p for p in local.rglob("*") if p.is_file()]  # no customer rows left on the worker
+
+    server = AirflowApi(tmp_path_factory.mktemp("run-report-q"))  # started with the quarantine URL in its env
+    try:
+        url, page = get_page(server, SEGMENTS_DAG, dag_run.run_id)
+        for name, rejected in (("sq_ok", 4), ("sq_bad", 20)):
+            link = next(h for h in page.links if h.endswith(f"/quarantine/{name}"))
+            r = browser(server).get(urljoin(url, link), timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.content == s3_bucket.get(keys[name])
+            assert len(r.text.splitlines()) == 1 + rejected
+            assert_refused(server, urljoin(url, link))
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------------ file resolution (no server needed)
 def test_the_quarantine_file_is_found_where_the_transfer_writes_it_and_nowhere_else(tmp_path):
     from datetime import UTC, datetime

@@ -25,13 +25,14 @@ def connection_of(url: str) -> str | None:
     return netloc.rsplit("@", 1)[0] or None if "@" in netloc else None
 
 
-def open_state_store(url: str) -> StateStore:
+def open_state_store(url: str, **options) -> StateStore:
+    """`options` go to StateStore (e.g. `setting`: the variable named in its messages)."""
     from include.clients.state_store import StateStore
     from include.common.errors import ConfigError
 
     conn_id = connection_of(url)
     if conn_id is None:
-        return StateStore(url)
+        return StateStore(url, **options)
     from airflow.sdk import BaseHook, ObjectStoragePath
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -42,8 +43,8 @@ def open_state_store(url: str) -> StateStore:
     except AirflowNotFoundException:
         raise ConfigError(f"the state store {url!r} names the Airflow connection {conn_id!r}, which is not defined: "
                           "create it (Admin > Connections; for S3 type 'aws' with the access key id as login, the "
-                          "secret as password and, for S3-compatible servers, extra endpoint_url) or fix state_url "
-                          "/ BRAZE_LYTICS_STATE_URL") from None
+                          "secret as password and, for S3-compatible servers, extra endpoint_url) or fix "
+                          f"{options.get('setting') or 'state_url / BRAZE_LYTICS_STATE_URL'}") from None
     except (ImportError, ValueError) as exc:
         raise ConfigError(f"the state store {url!r} cannot be opened through connection {conn_id!r}: {exc}") from None
-    return StateStore(url, filesystem=filesystem, root=path.path)
+    return StateStore(url, filesystem=filesystem, root=path.path, **options)

@@ -185,6 +185,16 @@ def _fetcher(export: dict):
     return download_export
 
 
+def quarantine_store():
+    """The object store for rejected rows when BRAZE_LYTICS_QUARANTINE_URL is set, else None (the local
+    BRAZE_LYTICS_QUARANTINE_DIR)."""
+    from braze_lytics.hooks.state_store import open_state_store
+    from include.common import settings
+
+    url = settings.quarantine_url()
+    return None if url is None else open_state_store(url, setting=settings.QUARANTINE_URL)
+
+
 def transfer(segment: dict, export: dict, context) -> dict:
     """Download, shape, protect and deliver one segment; returns the small report dict."""
     from braze_lytics.hooks.pgp_key import PgpKeyHook
@@ -204,6 +214,7 @@ def transfer(segment: dict, export: dict, context) -> dict:
             decrypt_key=PgpKeyHook(seg.pgp.decrypt_conn_id).get_private_key() if seg.pgp.decrypt_conn_id else None,
             encrypt_key=PgpKeyHook(seg.pgp.encrypt_conn_id).get_public_key() if seg.pgp.encrypt_conn_id else None,
             workers=settings.shape_workers(),
+            quarantine_store=quarantine_store(),
         )
         report = transfer_segment(job, _fetcher(export))
         if export["kind"] == "bucket" and seg.bucket_cleanup == "delete":

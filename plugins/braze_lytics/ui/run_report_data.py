@@ -20,7 +20,6 @@ process that loads plugins.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from braze_lytics.ui import run_report_files as files
@@ -96,7 +95,7 @@ def _state(states: dict, task_id: str, map_index: int = -1) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ page
-def run_page(session, dag_id: str, run_id: str, quarantine_dir: Path | None = None) -> dict | None:
+def run_page(session, dag_id: str, run_id: str, quarantine_dir=None) -> dict | None:
     """Everything the page of one run shows; None when the run does not exist."""
     run = read_run(session, dag_id, run_id)
     if run is None:
@@ -105,10 +104,8 @@ def run_page(session, dag_id: str, run_id: str, quarantine_dir: Path | None = No
         return {"kind": "other", "run": run}
     states = read_task_states(session, dag_id, run_id)
     if dag_id == SEGMENTS_DAG:
-        if quarantine_dir is None:
-            from include.common import settings
-
-            quarantine_dir = settings.quarantine_dir()
+        if quarantine_dir is None:  # a local directory or the BRAZE_LYTICS_QUARANTINE_URL store
+            quarantine_dir = files.quarantine_place()
         return segments_view(run, states, read_xcoms(session, dag_id, run_id, SEGMENT_TASKS), quarantine_dir)
     return audiences_view(run, states, read_xcoms(session, dag_id, run_id, AUDIENCE_TASKS),
                           read_answer(session, dag_id, run_id, "approve_changes"))
@@ -127,7 +124,7 @@ def planned_segments(xcoms: dict) -> list[dict]:
     return [s for s in planned if isinstance(s, dict)] if isinstance(planned, list) else []
 
 
-def segments_view(run: dict, states: dict, xcoms: dict, quarantine_dir: Path) -> dict:
+def segments_view(run: dict, states: dict, xcoms: dict, quarantine_dir) -> dict:
     planned = planned_segments(xcoms)
     reports = {m: v for (task, m, key), v in xcoms.items()
                if task == "segment.transfer" and key == RETURN and isinstance(v, dict)}
@@ -135,7 +132,7 @@ def segments_view(run: dict, states: dict, xcoms: dict, quarantine_dir: Path) ->
     for index, segment in enumerate(planned):
         report = reports.get(index)
         name = str(segment.get("name") or (report or {}).get("segment") or f"map index {index}")
-        quarantine = files.quarantine_path(quarantine_dir, segment, run_day(run, report))
+        quarantine = files.find_quarantine(quarantine_dir, segment, run_day(run, report))
         rows.append({"name": name, "state": _state(states, "segment.transfer", index), "report": report,
                      "quarantine": quarantine is not None,
                      "quarantined_not_here": bool(report and report.get("rows_quarantined")) and quarantine is None})
@@ -165,8 +162,9 @@ def segments_view(run: dict, states: dict, xcoms: dict, quarantine_dir: Path) ->
     return {"kind": "segments", "run": run, "rows": rows, "summary": summary, "totals": totals, "notes": notes}
 
 
-def quarantine_file_of(session, dag_id: str, run_id: str, segment_name: str, quarantine_dir: Path) -> Path | None:
-    """The quarantine file of a segment the run planned, on this server; None if there is none."""
+def quarantine_file_of(session, dag_id: str, run_id: str, segment_name: str, quarantine_dir):
+    """A function opening the quarantine file of a segment the run planned (binary), from this server's
+    quarantine directory or the shared quarantine store; None if there is none."""
     run = read_run(session, dag_id, run_id)
     if run is None or dag_id != SEGMENTS_DAG:
         return None
@@ -174,8 +172,8 @@ def quarantine_file_of(session, dag_id: str, run_id: str, segment_name: str, qua
     for index, segment in enumerate(planned_segments(xcoms)):
         if segment.get("name") == segment_name:
             report = _value(xcoms, "segment.transfer", index)
-            return files.quarantine_path(quarantine_dir, segment, run_day(run, report if isinstance(report, dict)
-                                                                              else None))
+            return files.find_quarantine(quarantine_dir, segment, run_day(run, report if isinstance(report, dict)
+                                                                               else None))
     return None
 
 

@@ -21,9 +21,10 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from include.audiences_to_braze import run_files
@@ -104,15 +105,48 @@ def ds_nodash(value) -> str | None:
     return value.astimezone(UTC).strftime("%Y%m%d")
 
 
-def quarantine_path(quarantine_dir: Path, segment: dict, day: str | None) -> Path | None:
-    """The quarantine file of a planned segment for the run's day, if it exists in this server's quarantine
-    directory (the same name `TransferJob.quarantine_path` gives it); None otherwise."""
+def quarantine_place():
+    """Where this server looks for quarantine files: the BRAZE_LYTICS_QUARANTINE_URL store when it is set
+    (shared by every worker), else the local BRAZE_LYTICS_QUARANTINE_DIR."""
+    from braze_lytics.tasks.segments_to_lytics import quarantine_store
+    from include.common import settings
+
+    return quarantine_store() or settings.quarantine_dir()
+
+
+def find_quarantine(place, segment: dict, day: str | None) -> Callable[[], Any] | None:
+    """A function opening the quarantine file of a planned segment for the run's day (binary), or None when
+    there is none. `place` is a local directory or a state store (see `quarantine_place`)."""
+    if isinstance(place, (str, Path)):
+        path = quarantine_path(Path(place), segment, day)
+        return None if path is None else (lambda: open_local_file(path))
+    names = _quarantine_names(segment, day)
+    if names is None:
+        return None
+    from include.segments_to_lytics.transfer import quarantine_file
+
+    key = quarantine_file(Path(), *names).as_posix()
+    return (lambda: open_store_file(place, key)) if place.exists(key) else None
+
+
+def _quarantine_names(segment: dict, day: str | None) -> tuple[str, str, str] | None:
+    """(segment name, file root, YYYYMMDD) when all are plain names (no path tricks from XCom), else None."""
     name, root = segment.get("name"), segment.get("file_root") or segment.get("name")
     if not (isinstance(name, str) and _SEGMENT_NAME.fullmatch(name) and isinstance(root, str)
             and _FILE_ROOT.fullmatch(root) and isinstance(day, str) and re.fullmatch(r"\d{8}", day)):
         return None
+    return name, root, day
+
+
+def quarantine_path(quarantine_dir: Path, segment: dict, day: str | None) -> Path | None:
+    """The quarantine file of a planned segment for the run's day, if it exists in this server's quarantine
+    directory (the same name `TransferJob.quarantine_path` gives it); None otherwise."""
+    names = _quarantine_names(segment, day)
+    if names is None:
+        return None
     from include.segments_to_lytics.transfer import quarantine_file
 
+    name, root, day = names
     folder = (Path(quarantine_dir) / name).resolve()
     path = quarantine_file(Path(quarantine_dir), name, root, day).resolve()
     if path.parent != folder or not path.is_file():

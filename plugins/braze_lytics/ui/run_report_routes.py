@@ -32,7 +32,6 @@ def build_app():
     from braze_lytics.ui import run_report_data as data
     from braze_lytics.ui import run_report_files as files
     from braze_lytics.ui import run_report_html as html
-    from include.common import settings
     from include.common.errors import BrazeLyticsError, NotFoundError
 
     readable = [Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN)),
@@ -83,12 +82,19 @@ def build_app():
 
     @app.get("/dags/{dag_id}/runs/{run_id}/quarantine/{segment}", dependencies=readable)
     def segment_quarantine_file(dag_id: str, run_id: str, segment: str, session: SessionDep):
-        """The rows a segment of the run rejected (its quarantine CSV on this server)."""
-        path = data.quarantine_file_of(session, dag_id, run_id, segment, settings.quarantine_dir())
-        if path is None:
-            raise HTTPException(404, f"no quarantine file of segment {segment!r} in this run on this server")
+        """The rows a segment of the run rejected (its quarantine CSV, on this server or in the shared store)."""
+        try:
+            opener = data.quarantine_file_of(session, dag_id, run_id, segment, files.quarantine_place())
+            if opener is None:
+                raise NotFoundError(segment)
+            body = files.iter_pieces(opener())
+        except NotFoundError:
+            raise HTTPException(404, f"no quarantine file of segment {segment!r} in this run here") from None
+        except BrazeLyticsError as exc:
+            log.warning("Run report: the quarantine file of %s in %s could not be read: %s", segment, run_id, exc)
+            raise HTTPException(503, f"the quarantine store could not be read: {exc}") from None
         name = files.download_name(dag_id, run_id, f"{segment}.quarantine.csv")
-        return StreamingResponse(files.iter_pieces(files.open_local_file(path)), media_type=files.CSV,
+        return StreamingResponse(body, media_type=files.CSV,
                                  headers={**FILE_HEADERS, "Content-Disposition": files.content_disposition(name)})
 
     return app
