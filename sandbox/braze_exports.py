@@ -26,7 +26,9 @@ download link, on Amazon S3's pre-signed URLs (see :mod:`sandbox.s3_link`):
   (:mod:`sandbox.braze_bucket`). No completion marker is written.
 * If the POST had a ``callback_endpoint``, the sandbox POSTs a small JSON to it once the export
   is available (by link: when ready, with the ``url``; bucket: after the last object), see
-  :func:`sandbox.braze_bucket.post_callback`.
+  :func:`sandbox.braze_bucket.post_callback`: once, best effort, no retry (a failure is only
+  recorded in ``callback_status``). ``drop_callbacks=True`` (also settable on the instance) loses
+  every callback instead (``callback_status == "dropped"``), to test what waits for one.
 
 :meth:`SegmentExports.info` / ``BrazeSandbox.export_info(object_prefix)`` tell a test what an
 export did (day, keys written, callback status); ``wait_export`` waits for it to finish.
@@ -111,6 +113,7 @@ class SegmentExports(LinkDownloads):
         bucket: S3Target | None = None,
         bucket_object_interval: float = 0.0,
         finished_day: Callable[[], date] | None = None,
+        drop_callbacks: bool = False,
     ) -> None:
         if not isinstance(users_per_file, int) or users_per_file < 1:
             raise ValueError(f"users_per_file must be an int >= 1, got {users_per_file!r}")
@@ -131,6 +134,7 @@ class SegmentExports(LinkDownloads):
         self.bucket = bucket
         self.bucket_object_interval = float(bucket_object_interval)
         self.finished_day = finished_day or (lambda: datetime.now(UTC).date())
+        self.drop_callbacks = bool(drop_callbacks)  # lose every callback (Braze's are best effort)
         self.data_dir: Path | None = None
         self.signer = LinkSigner()
         self.download_faults = DownloadFaults()
@@ -264,7 +268,9 @@ class SegmentExports(LinkDownloads):
 
     # ------------------------------------------------------------------ bucket mode and callbacks
     def _callback(self, export: ExportJob) -> None:
-        if export.callback is not None and not self._stop.is_set():
+        if export.callback is not None and self.drop_callbacks:
+            export.callback_status = "dropped"
+        elif export.callback is not None and not self._stop.is_set():
             payload = {
                 "segment_id": export.spec.segment_id,
                 "object_prefix": export.object_prefix,

@@ -93,6 +93,8 @@ class BrazeSandbox(BackgroundHttpServer):
     * ``bucket_object_interval`` (0.0 s) -- pause between two bucket objects.
     * ``finished_day`` (UTC today) -- a function giving the day the export finished (the
       ``YYYY-MM-DD`` directory of the bucket keys and zip members).
+    * ``drop_callbacks`` (False) -- lose every ``callback_endpoint`` call (``callback_status``
+      ``"dropped"``); also ``sandbox.exports.drop_callbacks``.
 
     ``/users/track`` options (keyword-only):
 
@@ -151,6 +153,7 @@ class BrazeSandbox(BackgroundHttpServer):
         bucket: S3Target | None = None,
         bucket_object_interval: float = 0.0,
         finished_day: Callable[[], date] | None = None,
+        drop_callbacks: bool = False,
         export_ids_rate_limit: int = EXPORT_IDS_RATE_LIMIT,
         export_ids_rate_window: float = EXPORT_IDS_RATE_WINDOW,
     ) -> None:
@@ -174,6 +177,7 @@ class BrazeSandbox(BackgroundHttpServer):
             bucket=bucket,
             bucket_object_interval=bucket_object_interval,
             finished_day=finished_day,
+            drop_callbacks=drop_callbacks,
         )
         if max_objects < 1:
             raise ValueError("max_objects must be >= 1")

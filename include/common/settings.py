@@ -15,7 +15,8 @@ BRAZE_LYTICS_QUARANTINE_DIR         $AIRFLOW_HOME/braze_lytics/quarantine    rej
 BRAZE_LYTICS_QUARANTINE_URL         (unset: the directory above)             rejected rows in an object
                                                                              store shared by all workers
 BRAZE_LYTICS_STATE_URL              $AIRFLOW_HOME/braze_lytics/state         audience state (when the
-                                                                             config has no state_url)
+                                                                             config has no state_url);
+                                                                             export-callback records
 BRAZE_LYTICS_SHAPE_WORKERS          min(2, CPUs)                             processes shaping one export
 BRAZE_LYTICS_TASK_RETRIES           3                                        Airflow retries per task
 BRAZE_LYTICS_RETRY_DELAY_SECONDS    120                                      first retry delay (doubles)

@@ -16,6 +16,7 @@ from typing import Any
 
 from include.common.config_file import path_trick, read_yaml, unknown_keys
 from include.common.errors import ConfigError
+from include.segments_to_lytics.export_callback import check_base_url
 
 SOURCE_KINDS = ("api", "drop")
 COMPRESSIONS = ("none", "gzip", "zip")
@@ -32,7 +33,7 @@ _MIN_RECORD_MIB, _MAX_RECORD_MIB = 1 / 1024, 1024
 _DEFAULTABLE = ("braze_conn_id", "sftp_conn_id", "source", "output_format", "remote_dir", "compression", "manifest",
                 "timestamp_column", "max_rejected_share", "export_timeout_minutes", "poll_interval_seconds",
                 "bucket_url", "bucket_conn_id", "bucket_quiet_minutes", "bucket_cleanup", "max_record_mib",
-                "max_inflate_ratio")
+                "max_inflate_ratio", "callback_base_url")
 BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "az")
 BUCKET_CLEANUPS = ("keep", "delete")
 _SEGMENT_ONLY = {"name", "segment_id", "columns", "fields_to_export", "id_field", "file_root", "pgp", "drop"}
@@ -87,6 +88,10 @@ class SegmentConfig:
     bucket_conn_id: str = "aws_default"  # Airflow connection for that bucket (ObjectStoragePath)
     bucket_quiet_minutes: float = 5  # complete when no object changed for this long
     bucket_cleanup: str = "keep"  # keep | delete: what happens to the objects after delivery
+    # Public https base URL of this deployment's Airflow API server, as Braze reaches it: when set,
+    # exports ask Braze to POST <base>/braze-lytics/export-callback/<token> once ready
+    # (include/segments_to_lytics/export_callback.py); None = wait by polling only.
+    callback_base_url: str | None = None
     # Limits that keep memory bounded for any input (a damaged or hostile export).
     max_record_mib: float = 16  # a longer line/record is quarantined, not read into memory
     max_inflate_ratio: float = 200  # a zip/gzip that inflates more than this is refused
@@ -238,6 +243,8 @@ def _parse_segment(entry: Any, defaults: dict[str, Any], where: str, errors: lis
                                or "@" in bucket or ".." in bucket.split("/")):
         errors.append(f"{where}.bucket_url: must be the bucket Braze exports to, like s3://my-bucket "
                       f"(schemes {list(BUCKET_SCHEMES)}; the connection goes in bucket_conn_id), got {bucket!r}")
+    if opts["callback_base_url"] is not None and (problem := check_base_url(opts["callback_base_url"])):
+        errors.append(f"{where}.callback_base_url: {problem}, got {_shown_url(opts['callback_base_url'])!r}")
     if not isinstance(opts["bucket_conn_id"], str) or not opts["bucket_conn_id"]:
         errors.append(f"{where}.bucket_conn_id: must be a non-empty string")
     share = opts["max_rejected_share"]
@@ -359,6 +366,14 @@ def _parse_drop(raw: Any, source: str, where: str, errors: list[str]) -> DropSou
         errors.append(f"{where}.pattern: {raw['pattern']!r} must match file names in drop.path: no '/', no "
                       f"backslash, no leading '.' (hidden files are never picked)")
     return DropSource(**{k: raw[k] for k in _DROP_KEYS if k in raw})
+
+
+def _shown_url(value: Any) -> Any:
+    """A configured URL for an error message, without a user:password@ part."""
+    if isinstance(value, str) and "@" in value and "://" in value:
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return value
 
 
 def _require_str(entry: dict, key: str, where: str, errors: list[str]) -> str | None:

@@ -1,4 +1,6 @@
-"""Airflow plugin of the Braze <-> Lytics pipelines: the "Run report" tab on DAG-run pages.
+"""Airflow plugin of the Braze <-> Lytics pipelines: the "Run report" tab on DAG-run pages, and
+the endpoint Braze calls when a segment export is ready (``export_callback_app.py``, mounted under
+``/braze-lytics/export-callback``, no login: a per-export secret token; docs/export-callback.md).
 
 * ``fastapi_apps``: the run report app (``braze_lytics/ui``), mounted by the API server under
   ``/braze-lytics``; its routes are access-checked by Airflow's auth manager;
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from braze_lytics import export_callback_app
 from braze_lytics.ui import run_report_app
 
 RUN_REPORT_VIEW = {
@@ -29,6 +32,10 @@ RUN_REPORT_VIEW = {
 
 class BrazeLyticsPlugin(AirflowPlugin):
     name = "braze_lytics"
-    fastapi_apps = [{"app": run_report_app.app, "url_prefix": run_report_app.URL_PREFIX,
+    # The callback app first: the API server mounts apps in this order and the run report's
+    # prefix (/braze-lytics) would otherwise also match /braze-lytics/export-callback/...
+    fastapi_apps = [{"app": export_callback_app.app, "url_prefix": export_callback_app.URL_PREFIX,
+                     "name": "Braze export callback"},
+                    {"app": run_report_app.app, "url_prefix": run_report_app.URL_PREFIX,
                      "name": "Braze <-> Lytics run report"}]
     external_views = [RUN_REPORT_VIEW]

@@ -155,6 +155,7 @@ def test_the_plugin_adds_a_run_report_tab_to_dag_run_pages(api):
     assert view["destination"] == "dag_run" and view["url_route"] == "run-report" and view["name"] == "Run report"
     assert view["href"] == "braze-lytics/dags/{DAG_ID}/runs/{RUN_ID}"  # relative: works under a base path
     assert [(a["url_prefix"], a["app"]) for a in info["fastapi_apps"]] == [
+        ("/braze-lytics/export-callback", "braze_lytics.export_callback_app.ExportCallbackApp"),  # first: more specific
         ("/braze-lytics", "braze_lytics.ui.run_report_app.RunReportApp")]
     errors = api.session.get(f"{api.url}/api/v2/plugins/importErrors", timeout=30).json()["import_errors"]
     assert [e for e in errors if "plugin.py" in e["source"] or "/ui/" in e["source"]] == [], errors

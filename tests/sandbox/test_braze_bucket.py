@@ -166,6 +166,19 @@ def test_empty_segment_writes_no_object(s3_bucket):
     assert s3_bucket.keys() == []
 
 
+def test_drop_callbacks_loses_the_call_but_not_the_export(s3_bucket):
+    """Braze's callback is best effort: the knob loses it, as a network problem would; the objects still land."""
+    with CallbackReceiver() as cb, BrazeSandbox(KEY, [SMALL], export_delay=0, users_per_file=10,
+                                                bucket=target(s3_bucket), drop_callbacks=True) as sb:
+        prefix = start(sb, SMALL, callback_endpoint=cb.url)["object_prefix"]
+        info = sb.wait_export(prefix)
+        assert info.finished and info.callback_status == "dropped" and len(info.keys) == 4
+        sb.exports.drop_callbacks = False  # settable on a running sandbox
+        prefix = start(sb, SMALL, callback_endpoint=cb.url)["object_prefix"]
+        assert cb.wait(1)[0]["object_prefix"] == prefix  # only the second export called back
+        assert sb.wait_export(prefix).callback_status == 200 and len(cb.calls) == 1
+
+
 def test_a_missing_bucket_fails_the_export(s3_bucket):
     missing = S3Target(s3_bucket.endpoint_url, "no-such-bucket", s3_bucket.access_key, s3_bucket.secret_key)
     with CallbackReceiver() as cb, BrazeSandbox(KEY, [SMALL], export_delay=0, bucket=missing) as sb:

@@ -62,9 +62,13 @@ def start_export(segment: dict, context) -> dict:
             log.info("Segment %s: expecting a drop matching %r in %s", seg.name, seg.drop.pattern, directory)
             return {**common, "directory": directory, "pattern": seg.drop.pattern, "conn_id": seg.drop.conn_id}
         from braze_lytics.hooks.braze import BrazeHook
+        from braze_lytics.tasks.export_callback import request_callback
 
         client = BrazeHook(seg.braze_conn_id).get_conn()
-        job = client.start_segment_export(seg.segment_id, list(seg.fields_to_export), seg.output_format)
+        # With callback_base_url: a secret per-export callback URL for Braze; XCom gets only its digest.
+        callback_endpoint, common["callback"] = request_callback(seg)
+        job = client.start_segment_export(seg.segment_id, list(seg.fields_to_export), seg.output_format,
+                                          callback_endpoint=callback_endpoint)
         log.info("Segment %s: Braze export started (object prefix %s)", seg.name, job.object_prefix)
         if job.url is None:
             return {**common, **_bucket_export(seg, job.object_prefix)}
@@ -122,13 +126,25 @@ def _drop_sftp(export: dict):
 
 
 def export_is_ready(export: dict) -> bool:
+    """Complete when Braze's callback was recorded (if one was requested) or by the fallback check
+    (bucket: quiet period; link: ranged GET), whichever comes first; the log says which."""
+    from braze_lytics.tasks.export_callback import callback_arrived, forget_callback
+
     if export["kind"] == "bucket":
         from include.segments_to_lytics.bucket_export import export_complete
 
+        called = callback_arrived(export)
         _, objects = _bucket_objects(export)
-        done = export_complete(objects, export["quiet_seconds"])
+        if called and objects:
+            done, how = True, "Braze's callback arrived"
+        else:
+            done = export_complete(objects, export["quiet_seconds"])
+            how = f"no object changed for {export['quiet_seconds']:g} s" + (
+                "; no callback received" if export.get("callback") else "")
         log.info("Bucket export for %s: %d object(s)%s", export["segment"], len(objects),
-                 ", complete" if done else (", still being written" if objects else ""))
+                 f", complete ({how})" if done else (", still being written" if objects else ""))
+        if done:
+            forget_callback(export)
         return done
     if export["kind"] == "drop":
         from include.segments_to_lytics.drop_source import find_drop
@@ -138,9 +154,17 @@ def export_is_ready(export: dict) -> bool:
         return name is not None
     from braze_lytics.hooks.braze import BrazeHook
 
+    if callback_arrived(export):
+        log.info("Braze export for %s: ready (Braze's callback arrived)", export["segment"])
+        forget_callback(export)
+        return True
     client = BrazeHook(export["braze_conn_id"]).get_conn()
     ready = client.export_ready(client.unseal(export["sealed_url"]))
-    log.info("Braze export for %s: %s", export["segment"], "ready" if ready else "not ready yet")
+    log.info("Braze export for %s: %s", export["segment"],
+             ("ready (the link answered" + ("; no callback received)" if export.get("callback") else ")"))
+             if ready else "not ready yet")
+    if ready:
+        forget_callback(export)
     return ready
 
 
