@@ -228,6 +228,24 @@ class MembershipStore:
                 pos += 1
         return out
 
+    def next_nonmembers(self, audience_id: str, after: int, limit: int) -> list[int]:
+        """Up to ``limit`` indices ``> after`` that are *not* members, ascending, as of now; past the
+        universe's end every index is a non-member (``add`` grows the universe to take them)."""
+        out: list[int] = []
+        with self._lock:
+            bits = self._bitmap(audience_id)
+            find = bits.find
+            pos = max(after + 1, 0)
+            while len(out) < limit:
+                found = find(b"\x00", pos)
+                if found < 0:
+                    start = max(pos, len(bits))
+                    out.extend(range(start, start + limit - len(out)))
+                    break
+                out.append(found)
+                pos = found + 1
+        return out
+
     def members(self, audience_id: str) -> Iterator[int]:
         """Member indices in ascending order. Live: changes made while iterating ahead of the
         cursor are seen, changes behind it are not (no index is yielded twice)."""

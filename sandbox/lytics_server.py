@@ -12,12 +12,15 @@ Endpoints (``GET`` unless noted, all JSON ``{"status": ..., "message": ..., ...}
 and the collect endpoints a Braze webhook step posts to (``POST /c/{account}/{stream}?key=...``,
 ``POST /collect/json/{stream}``; :mod:`sandbox.lytics_collect`, events recorded in ``collect``).
 
-Not Lytics: one **control endpoint** for tests that drive a sandbox running in another process (the
+Not Lytics: two **control endpoints** for tests that drive a sandbox running in another process (the
 local stack of ``scripts/up.sh``), where ``store`` cannot be reached: ``POST
 /_sandbox/audiences/{id-or-slug}/remove`` with ``{"share": 0.6}`` (or ``{"count": N}``) makes that
 many members leave the audience (lowest user indices first) and answers ``{"data": {"removed": N,
-"members": M}}``. It needs the token like every endpoint and exists only while the sandbox listens
-on a loopback address (the default, and the stack's); otherwise it is a 404.
+"members": M}}``; ``POST /_sandbox/audiences/{id-or-slug}/add`` with ``{"count": N}`` (or
+``{"share": 0.5}`` of the current members) makes that many users join (the lowest user indices that
+are not members, growing the universe past its end if needed) and answers ``{"data": {"added": N,
+"members": M}}``. They need the token like every endpoint and exist only while the sandbox listens
+on a loopback address (the default, and the stack's); otherwise they are a 404.
 
 Auth: ``Authorization: <token>`` (raw -- ``Bearer <token>`` is refused) or, for older clients,
 ``?key=<token>``. The token never appears in logs (the request log drops the query string).
@@ -79,7 +82,7 @@ TOKEN_TTL = 300.0
 
 _SEGMENT_RE = re.compile(r"^/api/segment/([^/]+)(/scan)?/?$")
 CONTROL_PREFIX = "/_sandbox/"
-_CONTROL_RE = re.compile(r"^/_sandbox/audiences/([^/]+)/remove/?$")
+_CONTROL_RE = re.compile(r"^/_sandbox/audiences/([^/]+)/(remove|add)/?$")
 
 
 class LyticsSandbox(BackgroundHttpServer):
@@ -275,7 +278,7 @@ class LyticsSandbox(BackgroundHttpServer):
         return json_response(200, {"message": "success", "data": self._describe(audience)})
 
     def _control(self, method: str, path: str, body: bytes) -> Response:
-        """The test control endpoint (see the module docstring): members leave an audience."""
+        """The test control endpoints (see the module docstring): members leave or join an audience."""
         m = _CONTROL_RE.match(path)
         if m is None or not _is_loopback(self.host):
             return error_response(404, "not found")
@@ -300,6 +303,11 @@ class LyticsSandbox(BackgroundHttpServer):
                     raise ValueError
         except (ValueError, TypeError):
             return error_response(400, 'expected {"share": 0..1} or {"count": N >= 0}')
+        if m.group(2) == "add":
+            joining = self.store.next_nonmembers(audience.id, -1, count) if count else []
+            added = self.store.add(audience.id, joining)
+            return json_response(200, {"message": "success",
+                                       "data": {"added": added, "members": self.store.count(audience.id)}})
         leaving = self.store.next_members(audience.id, -1, count) if count else []
         removed = self.store.remove(audience.id, leaving)
         return json_response(200, {"message": "success",

@@ -256,6 +256,46 @@ def test_membership_changes_are_reflected(http):
         assert nxt["total"] == sb.store.count("aud_c") > 3_000
 
 
+def test_control_endpoints_add_and_remove_members(http):
+    """The loopback-only control endpoints the stack tests use: users join (lowest non-member
+    indices first, past the universe's end if needed) and leave (lowest member indices first)."""
+    aud = Audience("aud_ctl", "ctl", "Control", 10, seed=5, universe=12)
+    with LyticsSandbox(TOKEN, [aud]) as sb:
+        before = set(sb.store.members("aud_ctl"))
+        outside = sorted(set(range(12)) - before)
+        assert len(outside) == 2
+        r = http.post(f"{sb.url}/_sandbox/audiences/ctl/add", json={"count": 5}, headers=AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["data"] == {"added": 5, "members": 15}
+        after = set(sb.store.members("aud_ctl"))
+        assert after - before == {*outside, 12, 13, 14}  # the two free indices, then the universe grows
+        scanned = {rec["braze_id"] for rec in _scan_all(http, sb, "aud_ctl")[0]}
+        assert scanned == {braze_id(i) for i in after}
+        r = http.post(f"{sb.url}/_sandbox/audiences/aud_ctl/add", json={"share": 0.2}, headers=AUTH, timeout=10)
+        assert r.json()["data"] == {"added": 3, "members": 18}
+        r = http.post(f"{sb.url}/_sandbox/audiences/ctl/remove", json={"count": 4}, headers=AUTH, timeout=10)
+        assert r.json()["data"] == {"removed": 4, "members": 14}
+        assert set(sb.store.members("aud_ctl")) == set(range(4, 18))  # 0..17 were members: the lowest 4 left
+        for body in ({"count": -1}, {"count": 1.5}, {"share": 2}, {}, {"count": 1, "share": 0.1}):
+            r = http.post(f"{sb.url}/_sandbox/audiences/ctl/add", json=body, headers=AUTH, timeout=10)
+            assert r.status_code == 400, body
+        assert http.post(f"{sb.url}/_sandbox/audiences/ctl/add", json={"count": 1}, timeout=10).status_code == 401
+        assert http.post(f"{sb.url}/_sandbox/audiences/nope/add", json={"count": 1}, headers=AUTH,
+                         timeout=10).status_code == 404
+        assert http.get(f"{sb.url}/_sandbox/audiences/ctl/add", headers=AUTH, timeout=10).status_code == 405
+        assert sb.store.count("aud_ctl") == 14
+
+
+def test_control_endpoints_exist_only_on_loopback(http):
+    with LyticsSandbox(TOKEN, [Audience("aud_ctl", "ctl", "Control", 10, seed=5)]) as sb:
+        sb.host = "0.0.0.0"  # noqa: S104 - what a sandbox listening on every interface would say
+        for action in ("add", "remove"):
+            r = http.post(f"{sb.url.replace('0.0.0.0', '127.0.0.1')}/_sandbox/audiences/ctl/{action}",
+                          json={"count": 1}, headers=AUTH, timeout=10)
+            assert r.status_code == 404, action
+        assert sb.store.count("aud_ctl") == 10
+
+
 def test_big_audience_pages_are_fast(http):
     with LyticsSandbox(TOKEN, [Audience("aud_big", "big", "Big", 1_000_000, seed=11)]) as sb:
         start, seen = None, []
