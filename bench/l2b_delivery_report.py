@@ -7,12 +7,13 @@ import statistics
 from bench.l2b_delivery_runs import TARGET_SHARE, Result
 
 VARIANT_NAMES = {
-    "processes": "{w} processes, own limiter each ({b}/{win:g}s) — the DAG's shape",
+    "processes": "{w} processes sharing {l}/{win:g}s through leases in the state store — the DAG's shape",
+    "static": "{w} processes, static share each ({b}/{win:g}s) — the former DAG shape (context)",
     "threads": "1 process = one task for all chunks: {w} chunk threads, one shared limiter ({l}/{win:g}s), "
                "started together (context)",
     "unpaced": "{w} processes, no limit (machine ceiling, context)",
 }
-CONTEXT_VARIANTS = {"threads", "unpaced"}
+CONTEXT_VARIANTS = {"threads", "unpaced", "static"}
 
 
 def _median_run(runs: list[Result]) -> Result:

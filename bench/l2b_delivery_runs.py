@@ -315,7 +315,11 @@ def run_once(variant: str, rtt_ms: float, repeat: int, args, store_dir: Path, wo
         if variant == "threads":
             tasks = [base | {"chunks": list(range(args.workers)), "starts": offsets, "budget": limit}]
         else:
-            tasks = [base | {"chunks": [i], "starts": [offsets[i]], "budget": max(1, limit // args.workers)}
+            # processes: the DAG's shape now, each task with the whole budget shared through leases
+            # (include.audiences_to_braze.delivery.shared_budget); static: the former split.
+            shared = variant == "processes"
+            tasks = [base | {"chunks": [i], "starts": [offsets[i]], "shared": shared, "slots": args.workers,
+                             "budget": limit if shared else max(1, limit // args.workers)}
                      for i in range(args.workers)]
         for t in tasks:
             cmd = [sys.executable, "-m", "bench.run_l2b_delivery", "--worker", json.dumps(t)]

@@ -5,7 +5,9 @@ It imports and builds the pipeline's client(s) (``BrazeTrackClient``, a timed ``
 prints READY and waits for GO on stdin. After GO it waits its start offset (``task["starts"]``: the
 staggered start of a mapped task), then does what the ``deliver_chunk`` task body does from there
 on: makes its ``RateLimiter`` (recording; the limiter's clock starts when it is made, as in the
-task) and delivers its chunk with ``deliver_chunk``; prints one ``BENCH_RESULT`` JSON line.
+task), shares the budget with the other workers through leases in the store
+(``delivery.shared_budget``, variant ``processes``; ``static``: its fixed share) and delivers its
+chunk with ``deliver_chunk``; prints one ``BENCH_RESULT`` JSON line.
 
 Every attempt's grant (when the limiter let it go), the requests in flight (grant -> response), and
 each attempt's grant -> response time (thread-local, so exact with requests in flight) are
@@ -131,6 +133,7 @@ def worker_main(task: dict) -> int:
     track_seconds = [0.0]
     limiters: list[RecordingLimiter] = []
     started: dict[int, float] = {}
+    budget_changes: list[tuple[float, float]] = []  # (time, budget) of the shared budget, when shared
 
     def timed(track, chunk):
         def call(batch, **kw):
@@ -175,7 +178,15 @@ def worker_main(task: dict) -> int:
         limiter = RecordingLimiter(task["budget"], task["window"], **margin)
         clients[0].limiter = limiter
         limiters.append(limiter)
-        deliver(chunks[0], clients[0], t_go, starts[0])
+        if task.get("shared"):  # as the task body: the workspace budget shared with the run's other tasks
+            from include.audiences_to_braze.delivery import shared_budget
+
+            with shared_budget(store, task["run_key"], chunks[0], limiter, limit=task["budget"],
+                               slots=task["slots"]) as share:
+                deliver(chunks[0], clients[0], t_go, starts[0])
+            budget_changes.extend(share.changes)
+        else:
+            deliver(chunks[0], clients[0], t_go, starts[0])
     else:  # threads: one process, one limiter at the full budget shared by all chunks
         limiter = RecordingLimiter(task["budget"], task["window"], **margin)
         for client in clients:
@@ -211,7 +222,8 @@ def worker_main(task: dict) -> int:
         "t_end": t_end,
         "started": started,
         "sends": limiter.sends,
-        "interval": limiter.interval,
+        "interval": limiter._span / task["budget"],  # at the full budget (shared: it varies)
+        "budget_changes": budget_changes,
         "responses": responses,
         "waited": limiter.waited,
         "holds": limiter.holds,

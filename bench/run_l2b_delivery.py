@@ -29,8 +29,12 @@ Client: the pipeline's own path. The changes are written once as chunk Parquet f
 (requests, retries, `observe()` of the rate-limit headers). Variants:
 
 - `processes` (the default, the headline; the DAG's shape): one fresh process per chunk, like the
-  mapped `deliver_chunk` tasks in the `braze_api` pool, each making its own `RateLimiter(limit //
-  workers, window)` when it starts, as the task body does;
+  mapped `deliver_chunk` tasks in the `braze_api` pool, each making its `RateLimiter(limit, window)`
+  when it starts and sharing the budget with the others through leases in the run's state store
+  (`include.audiences_to_braze.delivery.shared_budget`, `total = limit - workers`), as the task
+  body does;
+- `static` (context: the former DAG shape): the same processes, each pacing a static
+  `RateLimiter(limit // workers, window)`;
 - `threads` (context): one process = one task delivering every chunk, one thread per chunk (each
   with deliver_chunk's own pool), all sharing one `RateLimiter(limit, window)`; its chunks start
   together (there is no scheduler between them) - the shape that has no staggered start at all;
@@ -205,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "alternating; the table shows the median run (by achieved req/s) and the best.",
         f"- Starts: worker i starts at {', '.join(f'{o:g}' for o in offsets)} s after GO (`--stagger-ms "
         f"{args.stagger_ms}`; the `threads` context row starts all chunks together): it makes its limiter "
-        f"({budget}/{args.window:g} s, margin {margin * 1000:g} ms), reads its chunk and sends. Added RTT: "
+        f"({args.limit}/{args.window:g} s shared through leases, `processes`; {budget}/{args.window:g} s each, "
+        f"`static`; margin {margin * 1000:g} ms), reads its chunk and sends. Added RTT: "
         + ("the sandbox holds every answer that long after counting the request (`UsersTrack.response_delay`)"
            if args.rtt_side == "server" else "the client's sending thread holds every response that long") + ".",
         "- **share of the limit = requests / span / limit**, span = first request sent (by any worker) → last "

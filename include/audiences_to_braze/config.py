@@ -52,7 +52,7 @@ class AudienceSyncConfig:
     rate_limit_seconds: float = RATE_LIMIT_SECONDS
     max_chunks: int = 16
     min_chunk_users: int = 5000
-    delivery_concurrency: int = 4  # slots of the `braze_api` pool: the rate budget is split this many ways
+    delivery_concurrency: int = 4  # slots of the `braze_api` pool: requests of the shared rate budget held back for them
     # The guard (guard.py): a run whose changes look like a broken source waits for a person's approval.
     max_remove_share: float = 0.10  # removes / committed members of an audience above this -> approval
     max_missing_id_share: float = 0.05  # members without `id_field` / members read above this -> approval

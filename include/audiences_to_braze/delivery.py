@@ -4,8 +4,15 @@ Several requests in flight: one request at a time is bounded by the round trip (
 requests/s per task: 4 tasks reach ~12-13 % of Braze's default 1,000 per second), so up to
 `in_flight` (`IN_FLIGHT`, 16) batches are sent at once by a small thread pool, every attempt
 paced by the client's one limiter. What one task can reach is about `min(its share of the rate
-limit, in_flight / round trip)`: with the default 3,000 per 3 s split 4 ways (250/s per task),
-16 in flight cover round trips up to ~60 ms.
+limit, in_flight / round trip)`: 16 in flight cover 250/s per task (Braze's default 3,000 per 3 s
+shared by 4 tasks) up to ~60 ms of round trip, the whole 1,000/s of a task sending alone up to
+~15 ms.
+
+The share: the run's delivery tasks split the workspace budget between those that are actually
+sending (`shared_budget`: leases in the run's state store, `include.common.shared_budget`). A task
+alone paces the whole budget, a task that joins takes only what the others leave and gets its fair
+share once they lowered theirs, a finished task's share goes to the others within a tick, and a
+killed one's once its lease expired.
 
 Ordered checkpoints: results are recorded strictly in batch order, and at most `in_flight`
 batches are outstanding (sent or being sent, not yet recorded). A batch that finishes before an
@@ -36,11 +43,31 @@ from include.audiences_to_braze.diff import attribute_batches
 from include.audiences_to_braze.planning import PlanOptions
 from include.clients.state_store import StateStore
 from include.common.progress import Progress
+from include.common.rate_limit import RateLimiter
+from include.common.shared_budget import SharedBudget
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 20  # recorded batches between progress checkpoints
 IN_FLIGHT = 16  # batches sent at once per chunk (each task); 1 = one request at a time
+
+
+def lease_prefix(run_key: str) -> str:
+    """Where the run's sending tasks keep their rate leases (`include.common.shared_budget`)."""
+    return f"runs/{run_key}/delivery-leases"
+
+
+def shared_budget(store: StateStore, run_key: str, index: int, limiter: RateLimiter, *, limit: int,
+                  slots: int, **options) -> SharedBudget:
+    """The run's workspace budget `limit` (per the limiter's window), shared with the run's other
+    delivery tasks through leases in the state store: this task paces what the others leave.
+
+    `slots` requests are held back (the pool's parallel tasks, at most one request each beyond
+    their share in a window: `include.common.rate_limit`, point 6). Use as a context manager
+    around `deliver_chunk`.
+    """
+    return SharedBudget(store, lease_prefix(run_key), limiter, total=max(1, limit - max(0, slots)),
+                        member=f"chunk-{index}", **options)
 
 
 def _slugs(obj: dict, attribute: str) -> set[str]:

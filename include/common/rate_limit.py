@@ -2,44 +2,52 @@
 
 Braze counts requests per workspace in a *sliding* window ("3,000 requests per 3 seconds",
 docs/vendor-contracts.md#braze-post-userstrack; the sandbox imitates it exactly), and that window
-is shared by every process that sends for the workspace: the pool's parallel `deliver_chunk`
-tasks, each pacing its share `budget = workspace limit // delivery_concurrency`. Those processes
-know nothing of each other and start at arbitrary times, so the pacing must be right for *any*
-interleaving. It is, because every limiter sends **smoothly**: one request every
-`interval = (window + margin) / budget` seconds, never faster, and the first one `interval`
-after the limiter was made.
+is shared by every process that sends for the workspace: the run's parallel `deliver_chunk`
+tasks. They start at arbitrary times and end at different times, so the pacing must be right for
+*any* interleaving. Each task paces what `include.common.shared_budget.SharedBudget` gives it
+(the workspace budget split between the tasks that are sending, through leases in the run's
+state store); the limiter sends **smoothly**: one request per *slot*, slots at least
+`interval = (window + margin) / budget` apart, the first one `interval` after the limiter was made
+(or after the budget was raised).
 
 Why that is enough (the invariant the tests check):
 
-1. *One limiter.* Grants `g_1 < g_2 < ...` are at least `interval` apart, so `k` grants span at
-   least `(k - 1) * interval`. Inside a half-open window of length `window + margin`
-   (the span is < `window + margin`) that gives `k - 1 < budget`, i.e. **at most `budget`
-   grants in any window**, wherever the window lies and whenever the limiter started. (A
-   sliding-window log, the previous design, guarantees the same count but allows the whole
-   budget at once, and a new task knows nothing of its predecessor's sends: see 3.)
-2. *N processes* pacing `budget_i` each with `sum(budget_i) <= limit`: any window holds at most
-   `budget_i` grants of process `i`, so at most the limit in total -- whatever their phases.
-3. *Tasks that come and go* (a pool of N slots, more chunks than slots, retried tasks): at any
-   moment at most N limiters are alive, so their lifetimes can be split into N chains of
-   limiters that never overlap in time (interval-graph colouring). A limiter's first grant comes
-   `interval` after it was made, which is after its predecessor in the chain made its last
-   grant; so each chain, as a whole, keeps the `interval` spacing of 1., and 2. applies to the
-   N chains. (A limiter that started with a full budget would overshoot here: the new task
-   bursts while its predecessor's last requests are still in the server's window.)
-4. *The server counts arrivals*, a little after `acquire()`. Pacing at `window + margin`
-   rather than `window` means: if every request takes between `d` and `d + margin` seconds from
-   its grant to the server's count, the arrivals in a server window of `window` were granted
-   within less than `window + margin`, so there are still at most `budget` of them. A request
-   delayed by more than that (a stalled process, a retransmitted packet) can still draw a 429,
-   which is retried. The default `margin` of 30 ms costs 1 % of Braze's 3-second window. On
-   loopback, 4 processes at 50 requests/s each on 2 busy cores showed a grant -> arrival spread
-   of p99 6-18 ms, max 9-54 ms (tests/integration/audiences_to_braze/test_parallel_delivery.py):
-   already beyond the former 10 ms, and a real network adds its own jitter.
-
-The spacing is measured between the *actual* grants (the clock read under the lock), not the
-planned ones: a thread that wakes late pushes the next grant back rather than letting two go
-closer than `interval`. Threads reserve their slots in arrival order (first come, first served)
-so the waiting threads of one process do not all wake for every slot.
+1. *One limiter, fixed budget.* A grant happens at or after its slot, and at most `catch_up`
+   after it (a thread that wakes later gets a later slot). `k` grants in a half-open window of
+   length `T` have slots within `T + catch_up`, at least `interval` apart:
+   `(k - 1) * interval < T + catch_up`. With `T = window + margin - catch_up` that is
+   `k - 1 < budget`: **at most `budget` grants in any such window**, wherever it lies and whenever
+   the limiter started. (A sliding-window log allows the whole budget at once, and a new task
+   knows nothing of its predecessor's sends: see 3.)
+2. *N processes* pacing `budget_i` each with `sum(budget_i) <= limit`: at most `budget_i` grants
+   of process `i` in a window, so at most the limit in total -- whatever their phases.
+3. *Tasks that come and go* (more chunks than pool slots, retried tasks): a limiter's first slot
+   is `interval` after it was made, i.e. after its predecessor's last grant, so a new task does
+   not burst while its predecessor's requests are still in the server's window.
+4. *The server counts arrivals*, a little after `acquire()`. If every request takes between `d`
+   and `d + margin - catch_up` seconds from its grant to the server's count, the arrivals in a
+   server window of `window` were granted within `window + margin - catch_up`: still at most
+   `budget` of them. A request delayed by more (a stalled process, a retransmitted packet) can
+   still draw a 429, which is retried. The default `margin` of 30 ms costs 1 % of Braze's 3-second
+   window; `catch_up` defaults to a third of it, leaving 20 ms of spread. On loopback, 4 processes
+   on 2 busy cores showed a grant -> arrival spread of p99 6-30 ms, max 9-90 ms
+   (tests/integration/audiences_to_braze/test_parallel_delivery.py), more when other jobs load
+   the machine: a real network adds its own jitter.
+5. *Late wake-ups* (`catch_up`): threads reserve slots in arrival order (first come, first served,
+   so the waiting threads of one process do not all wake for every slot) and a thread that wakes
+   up to `catch_up` late still takes its reserved slot, so the next one is not pushed back. The
+   former rule (the next grant at least `interval` after the *actual* previous one) lost every
+   late wake-up for good: 2-5 % of the budget on a quiet machine (bench/results_l2b_delivery.md).
+   The price is that two grants may come closer than `interval` after a late one; 1. still holds.
+6. *A budget that changes* (`set_budget`, from SharedBudget): a lower budget applies at once (the
+   next slot is one new interval after the latest one), a higher one only from the moment it is
+   set (no slot of the new pace lies before it). Give each slot the `interval` before it: those
+   stretches never overlap, and each lies where the budget in force was at least the one the slot
+   was paced at. So the grants of one limiter in a window number less than
+   `(integral of its budget over the window) / (window + margin) + 1`: the budget in force, plus
+   at most one request at the window's edge per limiter. If the budgets in force always add up to
+   at most `total`, a window of the server holds at most `total + N - 1` requests of N limiters:
+   `shared_budget` holds one request per pool slot back for that (`total = limit - slots`).
 
 The server's own signals are obeyed from the first response on: `observe()` holds every
 `acquire()` when `X-RateLimit-Remaining` is 0 (until `X-RateLimit-Reset`, or the earliest moment
@@ -57,53 +65,101 @@ from collections.abc import Callable, Mapping
 
 class RateLimiter:
     """At most `budget` `acquire()`s in any `window` (+ `margin`) seconds, spread evenly, plus
-    the server's own stop signals.
+    the server's own stop signals. The budget may change while it runs (`set_budget`, used by
+    `include.common.shared_budget.SharedBudget` to follow the tasks that are actually sending).
 
     Example::
 
-        limiter = RateLimiter(3000 // 4, 3.0)  # one of 4 parallel senders sharing Braze's 3,000 per 3 s
-        limiter.acquire()                      # before every attempt, retries included
+        limiter = RateLimiter(3000, 3.0)  # Braze's 3,000 per 3 s
+        limiter.acquire()                 # before every attempt, retries included
         resp = session.post(...)
         limiter.observe(resp.headers)
     """
 
+    HOLD_POLL = 0.02  # seconds between checks while the budget is 0 or the lease has run out
+    MAX_SLEEP = 0.1  # the longest sleep between two checks of a waiting acquire()
+
     def __init__(self, budget: int = 3000, window: float = 3.0, *, margin: float = 0.03,
+                 catch_up: float | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         if budget < 1 or window <= 0 or margin < 0:
             raise ValueError(f"rate limit needs budget >= 1, window > 0, margin >= 0; got {budget}, {window}, {margin}")
-        self.budget = budget
         self.window = window
+        self.margin = margin
         self._span = window + margin  # how long a send keeps its slot, as seen from our side
-        self.interval = self._span / budget  # the smallest gap between two grants
+        # How late a woken thread may still take its reserved slot (see the module doc, point 5).
+        self.catch_up = margin / 3 if catch_up is None else catch_up
+        if not 0 <= self.catch_up <= margin:
+            raise ValueError(f"catch_up must be between 0 and the margin ({margin}), got {self.catch_up}")
+        self.budget = float(budget)
+        self.interval = self._span / budget  # the smallest gap between two slots
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
         created = clock()
-        self._last = created  # the latest grant; "made" counts as one (see the module doc, point 3)
+        self._last = created  # the slot of the latest grant; "made" counts as one (module doc, point 3)
         self._next_slot = created + self.interval  # the slot the next acquire() reserves
+        self._generation = 0  # bumped by set_budget(): reservations made before are void
         self._sent: deque[float] = deque()  # grants still inside the window (for observe())
         self._blocked_until = float("-inf")  # clock() before which the server told us to hold off
+        self._valid_until = float("inf")  # clock() from which nothing is granted (a lease not renewed)
+        self.grants = 0  # requests granted so far (for SharedBudget and the benchmarks)
+
+    def set_budget(self, budget: float) -> None:
+        """Pace `budget` requests per window (+ margin) from now on; 0 holds every acquire().
+
+        A lower budget applies at once (the next slot is one new interval after the latest
+        grant); a higher one only from now: the next slot is one new interval after now (or after
+        the latest grant, if later), so no slot of the new pace lies before the change.
+        """
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}")
+        with self._lock:
+            budget = float(budget)
+            if budget == self.budget:
+                return
+            if budget > self.budget:
+                self._last = max(self._last, self._clock())
+            self.budget = budget
+            self.interval = self._span / budget if budget > 0 else float("inf")
+            self._next_slot = self._last + self.interval
+            self._generation += 1
+
+    def set_valid_until(self, when: float) -> None:
+        """Grant nothing from `when` (this limiter's clock) on, until called again with a later time."""
+        with self._lock:
+            self._valid_until = when
 
     def acquire(self) -> float:
-        """Block until this request's turn (`interval` after the previous grant); returns the seconds waited."""
-        with self._lock:
-            slot = max(self._next_slot, self._clock())
-            self._next_slot = slot + self.interval
+        """Block until this request's turn (its slot, `interval` after the previous one); returns the seconds waited."""
+        slot, generation = None, -1
         waited = 0.0
         while True:
             with self._lock:
                 now = self._clock()
-                earliest = max(slot, self._last + self.interval, self._blocked_until)
-                if now >= earliest:
-                    self._last = now
-                    # A late grant moves the schedule back: later reservations never aim closer.
-                    self._next_slot = max(self._next_slot, now + self.interval)
-                    while self._sent and self._sent[0] + self._span <= now:
-                        self._sent.popleft()
-                    self._sent.append(now)
-                    return waited
-                wait = earliest - now
-            # Sleep outside the lock, then re-check: a pause() or a late grant may have moved our turn.
+                if self.budget <= 0 or now >= self._valid_until:
+                    slot, wait = None, self.HOLD_POLL  # held: no slot reserved while there is no pace
+                else:
+                    if slot is None or generation != self._generation:
+                        # Reserve in arrival order (first come, first served), so the waiting threads
+                        # of one process do not all wake for every slot.
+                        slot, generation = max(self._next_slot, now), self._generation
+                        self._next_slot = slot + self.interval
+                    # The slot this grant takes: ours, one interval after the previous grant's slot,
+                    # and at most `catch_up` before now (a thread woken later loses the rest).
+                    taken = max(slot, self._last + self.interval, now - self.catch_up, self._blocked_until)
+                    if now >= taken:
+                        self._last = taken
+                        self._next_slot = max(self._next_slot, taken + self.interval)
+                        while self._sent and self._sent[0] + self._span <= now:
+                            self._sent.popleft()
+                        self._sent.append(now)
+                        self.grants += 1
+                        return waited
+                    wait = taken - now
+            # Sleep outside the lock, then re-check: a pause(), a new budget or a late grant may have moved our turn
+            # (at least every MAX_SLEEP: a thread waiting for a slot of a small budget sees a raise soon).
+            wait = min(wait, self.MAX_SLEEP)
             self._sleep(wait)
             waited += wait
 

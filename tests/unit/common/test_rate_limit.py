@@ -398,3 +398,122 @@ def test_pause_holds_every_acquire_and_only_extends():
     assert limiter.acquire() == pytest.approx(2.0)
     limiter.pause(0)
     assert limiter.acquire() == pytest.approx(0.001)
+
+
+# --------------------------------------------------------------------------- a budget that changes
+def test_a_lower_budget_applies_at_once_and_a_higher_one_only_from_the_change():
+    t = FakeTime(start=0.0)
+    limiter = _limiter(10, 1.0, t)  # one per 0.1 s
+    limiter.acquire()
+    assert t.now == pytest.approx(0.1)
+    limiter.set_budget(5)  # one per 0.2 s, from the latest grant on
+    limiter.acquire()
+    assert t.now == pytest.approx(0.3)
+    t.now = 0.35
+    limiter.set_budget(20)  # one per 0.05 s, but no slot of the new pace before the change
+    limiter.acquire()
+    assert t.now == pytest.approx(0.40)
+    limiter.acquire()
+    assert t.now == pytest.approx(0.45)
+
+
+def test_budget_zero_holds_until_raised_and_a_lapsed_lease_holds_until_renewed():
+    vc = VirtualClock(start=0.0)
+    limiter = _limiter(10, 1.0, vc)
+    limiter.set_budget(0)
+    grants: list[float] = []
+
+    def sender():
+        for _ in range(3):
+            limiter.acquire()
+            grants.append(vc.clock())
+
+    def coordinator():
+        vc.sleep(0.5)
+        limiter.set_valid_until(0.75)
+        limiter.set_budget(10)
+        vc.sleep(1.5)
+        limiter.set_valid_until(10.0)
+
+    vc.run([sender, coordinator])
+    # held until 0.5; the first slot one interval after the raise; then nothing from 0.75 (the
+    # lease ran out) until it was renewed at 2.0
+    assert grants[0] == pytest.approx(0.6)
+    assert grants[1] == pytest.approx(0.7)
+    assert 2.0 <= grants[2] <= 2.0 + RateLimiter.HOLD_POLL + 1e-9
+
+
+def test_late_wake_ups_are_caught_up_within_the_margin_and_never_overshoot():
+    """Threads that wake a little late (a busy machine) take their reserved slot: the rate stays
+    the budget instead of losing every late wake-up for good, and no window of the server (the
+    window without our margin) ever sees more than the budget."""
+    budget, window, margin = 50, 1.0, 0.03
+    rng = random.Random(7)
+    vc = VirtualClock(start=0.0)
+
+    def late_sleep(seconds: float) -> None:
+        vc.sleep(seconds + rng.uniform(0, 0.012))  # up to 12 ms late, more than the 10 ms catch-up
+
+    limiter = RateLimiter(budget, window, margin=margin, clock=vc.clock, sleep=late_sleep)
+    assert limiter.catch_up == pytest.approx(margin / 3)
+    grants: list[float] = []
+    lock = threading.Lock()
+
+    def worker():
+        for _ in range(40):
+            limiter.acquire()
+            with lock:
+                grants.append(vc.clock())
+            vc.sleep(rng.uniform(0.001, 0.05))  # round trip
+
+    vc.run([worker] * 8)
+    assert len(grants) == 320
+    assert _max_in_any_window(grants, window) <= budget
+    # 320 grants at one per 20.6 ms: 6.59 s when no time is lost; pushing the schedule back by each
+    # late wake-up (the former behaviour) takes ~6 ms more per grant, ~8.5 s
+    assert max(grants) < 320 * limiter.interval + 0.3
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_limiters_whose_budgets_add_up_to_the_total_never_exceed_it_in_any_window(seed):
+    """Three limiters whose budgets move (lowered before another is raised, as SharedBudget does),
+    with 4 threads each: the server's window never sees more than the total. The margin covers
+    the one request per limiter that a change of pace may add (module doc, point 6)."""
+    rng = random.Random(seed)
+    total, window, margin = 40, 1.0, 0.1  # 40 * 0.1 / 1.1 = 3.6 >= 3 limiters
+    vc = VirtualClock(start=0.0)
+    limiters = [RateLimiter(1, window, margin=margin, catch_up=0.0, clock=vc.clock, sleep=vc.sleep)
+                for _ in range(3)]
+    budgets = [total, 0, 0]
+    limiters[0].set_budget(total)
+    for lim in limiters[1:]:
+        lim.set_budget(0)
+    grants: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def worker(lim):
+        while not done.is_set():
+            lim.acquire()
+            if done.is_set():
+                return
+            with lock:
+                grants.append(vc.clock())
+            vc.sleep(rng.uniform(0.001, 0.08))
+
+    def coordinator():
+        for _ in range(40):
+            vc.sleep(rng.uniform(0.02, 0.4))
+            a, b = rng.sample(range(3), 2)
+            moved = rng.uniform(0, budgets[a])
+            budgets[a] -= moved  # lower first...
+            limiters[a].set_budget(budgets[a])
+            budgets[b] += moved  # ...then raise
+            limiters[b].set_budget(budgets[b])
+        done.set()
+        for lim in limiters:  # let the waiting threads finish
+            lim.set_budget(total)
+
+    vc.run([coordinator] + [lambda lim=lim: worker(lim) for lim in limiters for _ in range(4)])
+    assert len(grants) > 150
+    assert _max_in_any_window(grants, window) <= total
