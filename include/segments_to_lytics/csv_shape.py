@@ -8,8 +8,9 @@ quotes doubled), so embedded commas, quotes and newlines survive.
 Rows without the id go to a quarantine CSV with the reason. Duplicate ids are resolved
 deterministically: the first occurrence in export order (members in name order, lines in
 order) is kept; later ones are quarantined as duplicates. Memory stays bounded: records
-stream through one at a time and duplicates are found from 8 bytes per row (a hash), with
-exact comparison only for the few rows whose hashes collide.
+stream through one at a time and duplicates are found from a 64-bit hash per row, spilled to
+disk and sorted a partition at a time (`duplicate_ids`), with exact comparison only for the few
+rows whose hashes collide.
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from include.common import settings
 from include.common.errors import ConfigError, StorageError
 from include.common.progress import Progress
 from include.common.scratch import open_private, private_dirs
-from include.segments_to_lytics.duplicate_ids import PartRows, find_duplicates, id_digest, join_parts
+from include.segments_to_lytics.duplicate_ids import (
+    PartRows,
+    RowSpill,
+    find_duplicates,
+    id_digest,
+    iter_duplicates,
+    join_parts,
+    spill_files,
+)
 from include.segments_to_lytics.export_files import contiguous_runs, detect_kind, iter_records, member_groups
 
 log = logging.getLogger(__name__)
@@ -94,17 +103,33 @@ def _compile_row(paths: list[tuple[str, ...]], timestamp_value: str, id_index: i
                 parents[parent] = name
         v = f"v{len(cells)}"
         lines.append(f"    {v} = {parents[path[:-1]]}.get({path[-1]!r})")
-        # A plain string without , " CR or LF is written as is; anything else goes through Q.
-        lines.append(f"    {v} = {v} if type({v}) is str and not NEEDS({v}) else Q({v})")
+        # A plain string without , " CR or LF is written as is, one with them quoted (QS); a missing
+        # value or JSON null is empty; anything else (numbers, booleans, objects, lists) goes through Q.
+        lines.append(f"    if type({v}) is str:")
+        lines.append(f"        if NEEDS({v}): {v} = QS({v})")
+        lines.append(f"    else: {v} = '' if {v} is None else Q({v})")
         cells.append(v)
     lines.append(f"    return ','.join([{', '.join(cells)}, TS]), v{id_index}")
-    namespace = {"EMPTY": {}, "Q": _quoted_cell, "NEEDS": _NEEDS_QUOTES, "TS": _quote(timestamp_value)}
+    namespace = {"EMPTY": {}, "Q": _quoted_cell, "QS": _quote_always, "NEEDS": _NEEDS_QUOTES,
+                 "TS": _quote(timestamp_value)}
     exec("\n".join(lines), namespace)  # noqa: S102 - code built above from literals only
     return namespace["row"]
 
 
 def _quoted_cell(value) -> str:
-    return _quote(format_value(value))
+    """`_quote(format_value(value))` in one call for the common non-string cells: a number or a
+    boolean never needs quoting (digits, '.', '-', '+', 'e', letters)."""
+    kind = type(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int or kind is float:
+        return str(value)
+    text = orjson.dumps(value).decode() if kind is list or kind is dict else format_value(value)
+    return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES(text) else text
+
+
+def _quote_always(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"'
 
 
 def _lookup(record: dict, path: tuple[str, ...]):
@@ -205,13 +230,16 @@ class CsvShaper:
 
     def write_part(self, records: Iterable[tuple], rows_path: Path, rejects_path: Path) -> tuple[ShapeStats, PartRows]:
         """Write the rows of valid records (no header) and the rejected ones; return counts and,
-        per row, what `duplicate_ids` needs (id digest, byte length, source line)."""
+        per row, what `duplicate_ids` needs (id digest, byte length, source line: in the part's
+        spill files, written in blocks, so memory does not grow with the export)."""
         stats = ShapeStats()
         part = PartRows(rows_path)
-        digest, add_digest, add_length, add_line = id_digest, part.digests.append, part.lengths.append, part.lines.append
         last_source = None
         n = 0
-        with _QuarantineRows(rejects_path) as quarantine, open_private(rows_path, "wb") as fh:
+        with (_QuarantineRows(rejects_path) as quarantine, open_private(rows_path, "wb") as fh,
+              RowSpill(rows_path) as spill):
+            digest, add_digest = id_digest, spill.digests.append
+            add_length, add_line = spill.lengths.append, spill.lines.append
             batch: list[bytes] = []
             for (line, key), source, line_no in self._rows(records, quarantine, stats):
                 data = line.encode()
@@ -227,10 +255,12 @@ class CsvShaper:
                     batch.append(b"")
                     fh.write(b"\r\n".join(batch))
                     batch.clear()
+                    if spill.due():
+                        spill.flush()
             if batch:
                 batch.append(b"")
                 fh.write(b"\r\n".join(batch))
-        stats.rows_written = n
+        stats.rows_written = part.rows = n
         return stats, part
 
 
@@ -309,7 +339,7 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
             stats.rows_rejected += part_stats.rows_rejected
             stats.reasons.update(part_stats.reasons)
         parts = [part for _, part in results]
-        drops = find_duplicates(parts, shaper.id_index)
+        drops = find_duplicates(parts, shaper.id_index, out_csv.with_name(f"{out_csv.name}.ids"))
         join_parts(out_csv, (",".join(_quote(h) for h in shaper.header) + "\r\n").encode(), parts, drops)
         stats.rows_written -= len(drops)
         stats.rows_duplicate = len(drops)
@@ -321,10 +351,9 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
             if drops:
                 with open(q_tmp, "a", encoding="utf-8", newline="") as qfh:
                     writer = csv.writer(qfh, lineterminator="\r\n")
-                    for d in drops:
-                        part = parts[d.part]
+                    for d in iter_duplicates(parts, drops, shaper.id_index):
                         record = orjson.dumps(dict(zip(shaper.header, d.record, strict=True))).decode()
-                        writer.writerow([part.source_of(d.row), part.lines[d.row],
+                        writer.writerow([d.source, d.line,
                                          f"duplicate {shaper.id_field} {d.key!r}: the first occurrence ({d.first_source} "
                                          f"line {d.first_line}, output row {d.first_output_row}) is kept", record])
             if stats.rows_quarantined:
@@ -334,8 +363,8 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
         return stats
     finally:
         for rows_path, rejects_path in paths:
-            rows_path.unlink(missing_ok=True)
-            rejects_path.unlink(missing_ok=True)
+            for path in (rows_path, rejects_path, *spill_files(rows_path)):
+                path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # an unwritable quarantine dir: already reported above
             q_tmp.unlink(missing_ok=True)
 

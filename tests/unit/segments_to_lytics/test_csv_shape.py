@@ -234,6 +234,28 @@ def test_cell_quoting_matches_the_csv_module_exactly(cell):
     assert f"{_quote(cell)},x\r\n" == buf.getvalue()
 
 
+_VALUES = ["plain", "", "a,b", 'say "hi"', "line\nbreak", "cr\rhere", "u\u2028sep", "null", "Zoë,李", None, True, False,
+           0, -5, 9007199254740993, 1.5, -0.0, 1e22, 2.5e-08, [], {}, [1, 2.5, "x,y"], {"a": 'b"c', "n": None, "t": True},
+           ["null", None, "\u2028"]]
+
+
+@pytest.mark.parametrize("value", _VALUES, ids=repr)
+def test_generated_row_matches_format_value_and_the_csv_module(value):
+    """Every kind of JSON value, top level and nested, as the generated row function writes it: the
+    same bytes as csv.writer of format_value's cells."""
+    from include.segments_to_lytics.csv_shape import format_value
+
+    sh = CsvShaper({"id": "external_id", "v": "v", "nested": "custom_attributes.v"}, id_field="external_id",
+                   timestamp_column="ts", timestamp_value=TS)
+    record = orjson.loads(orjson.dumps({"external_id": "u,1", "v": value, "custom_attributes": {"v": value}}))
+    line, key = sh._row(record)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(
+        ["u,1", format_value(record["v"]), format_value(record["custom_attributes"]["v"]), TS])
+    assert line + "\r\n" == buf.getvalue()
+    assert key == '"u,1"'
+
+
 def test_corrupt_zip_member_is_a_clear_error_not_a_short_file(tmp_path):
     from include.common.errors import PermanentError
     from include.segments_to_lytics.export_files import iter_json_lines
