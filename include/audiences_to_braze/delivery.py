@@ -52,6 +52,12 @@ CHECKPOINT_EVERY = 20  # recorded batches between progress checkpoints
 IN_FLIGHT = 16  # batches sent at once per chunk (each task); 1 = one request at a time
 
 
+def max_resent_batches(in_flight: int = IN_FLIGHT) -> int:
+    """The most batches a killed or cleared delivery sends again: those recorded since the last checkpoint
+    (< CHECKPOINT_EVERY) and those on the wire (<= in_flight) - 35 with the defaults."""
+    return CHECKPOINT_EVERY - 1 + in_flight
+
+
 def lease_prefix(run_key: str) -> str:
     """Where the run's sending tasks keep their rate leases (`include.common.shared_budget`)."""
     return f"runs/{run_key}/delivery-leases"
