@@ -157,6 +157,9 @@ class StateStore:
         """Every key under the folder `prefix` (recursively), sorted; [] when there is none."""
         base = f"{self._root}/{_check_key(prefix)}" if prefix.strip("/") else self._root
         with self._errors(prefix or "/", "list"):
+            # Object-store filesystems (s3fs) cache directory listings per process; state written by other
+            # workers since must show (S3 itself lists read-after-write consistently).
+            self.fs.invalidate_cache(base)
             if not self.fs.isdir(base):
                 return []
             found = self.fs.find(base)

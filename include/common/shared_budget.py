@@ -179,15 +179,7 @@ class SharedBudget:
         """The claims of the other live (unexpired) leases."""
         now = self._wall()
         claims: dict[str, float] = {}
-        fs = getattr(self.store, "fs", None)
-        if fs is not None:
-            # Object-store filesystems (s3fs) cache directory listings per process: the others' leases
-            # must be listed afresh every time (S3 itself lists read-after-write consistently).
-            try:
-                fs.invalidate_cache(self.store.path(self.prefix))
-            except Exception:  # noqa: BLE001 - a filesystem that wants a bare path: drop its whole cache
-                fs.invalidate_cache()
-        for key in self.store.list(self.prefix):
+        for key in self.store.list(self.prefix):  # listed afresh: StateStore.list skips fsspec's listing cache
             if key == self.key or not key.endswith(".json"):
                 continue
             try:
