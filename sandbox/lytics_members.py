@@ -215,32 +215,26 @@ class MembershipStore:
 
     def next_members(self, audience_id: str, after: int, limit: int) -> list[int]:
         """Up to ``limit`` member indices ``> after``, ascending, as of now."""
-        out: list[int] = []
-        with self._lock:
-            bits = self._bitmap(audience_id)
-            find = bits.find
-            pos = max(after + 1, 0)
-            while len(out) < limit:
-                pos = find(_ONE, pos)
-                if pos < 0:
-                    break
-                out.append(pos)
-                pos += 1
-        return out
+        return self._next_indices(audience_id, after, limit, _ONE)
 
     def next_nonmembers(self, audience_id: str, after: int, limit: int) -> list[int]:
         """Up to ``limit`` indices ``> after`` that are *not* members, ascending, as of now; past the
         universe's end every index is a non-member (``add`` grows the universe to take them)."""
+        return self._next_indices(audience_id, after, limit, b"\x00")
+
+    def _next_indices(self, audience_id: str, after: int, limit: int, bit: bytes) -> list[int]:
+        """Up to ``limit`` indices ``> after`` whose bit is ``bit``; a 0 bit also matches past the end."""
         out: list[int] = []
         with self._lock:
             bits = self._bitmap(audience_id)
             find = bits.find
             pos = max(after + 1, 0)
             while len(out) < limit:
-                found = find(b"\x00", pos)
+                found = find(bit, pos)
                 if found < 0:
-                    start = max(pos, len(bits))
-                    out.extend(range(start, start + limit - len(out)))
+                    if bit != _ONE:
+                        start = max(pos, len(bits))
+                        out.extend(range(start, start + limit - len(out)))
                     break
                 out.append(found)
                 pos = found + 1
