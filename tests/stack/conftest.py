@@ -8,6 +8,7 @@ any process it can still find by pid (pid files, the up command's own process gr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,16 +83,27 @@ def run_script(name: str, *args: str, timeout: float) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
-@pytest.fixture(scope="module")
-def stack():
+@contextlib.contextmanager
+def started_stack(prefix: str, up_args=lambda state_dir: (), env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """scripts/up.sh in a fresh state directory (`up_args(state_dir)` added to its arguments, `env` set
+    for it and so for every process it starts); always stopped afterwards."""
     # Not under pytest's tmp_path: its 0700 directories keep the 'postgres' user out.
-    state_dir = Path(tempfile.mkdtemp(prefix="bl-stack-", dir="/tmp"))
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(state_dir, 0o755)
     port = stack_procs.free_port()
     st = Stack(state_dir, port, "")
+    saved = {name: os.environ.get(name) for name in env or {}}
     try:
         t0 = time.monotonic()
-        result = st.script("up.sh", "--port", str(port), "--no-schedule")
+        os.environ.update(env or {})
+        try:
+            result = st.script("up.sh", "--port", str(port), "--no-schedule", *up_args(state_dir))
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         st.up_output = result.stdout
         print(f"\nscripts/up.sh took {time.monotonic() - t0:.0f}s")
         assert result.returncode == 0, f"scripts/up.sh failed (exit {result.returncode}):\n{result.stdout}"
@@ -98,6 +111,12 @@ def stack():
         yield st
     finally:
         _teardown(st)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with started_stack("bl-stack-") as st:
+        yield st
 
 
 def _teardown(st: Stack) -> None:

@@ -42,7 +42,6 @@ import math
 import os
 import random
 import signal
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +54,7 @@ from include.audiences_to_braze import run_files
 from include.audiences_to_braze.delivery import CHECKPOINT_EVERY, max_resent_batches
 from sandbox import stack_procs
 from sandbox.stack_services import REPO, S3_BUCKET
-from tests.stack.conftest import Stack, _teardown
+from tests.stack.conftest import Stack, started_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
 
@@ -100,29 +99,12 @@ def _settings(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def stack():
     """scripts/up.sh with this module's settings file and no task retries (see the module doc)."""
-    state_dir = Path(tempfile.mkdtemp(prefix="bl-kill-", dir="/tmp"))  # not tmp_path: 'postgres' must enter it
-    os.chmod(state_dir, 0o755)
-    settings = _settings(state_dir / "kill_test_settings.yaml")
-    port = stack_procs.free_port()
-    st = Stack(state_dir, port, "")
-    saved = os.environ.get("BRAZE_LYTICS_TASK_RETRIES")
-    os.environ["BRAZE_LYTICS_TASK_RETRIES"] = "0"  # inherited by every Airflow process of the stack
-    try:
-        t0 = time.monotonic()
-        try:
-            result = st.script("up.sh", "--port", str(port), "--no-schedule", "--settings", str(settings))
-        finally:
-            if saved is None:
-                os.environ.pop("BRAZE_LYTICS_TASK_RETRIES", None)
-            else:
-                os.environ["BRAZE_LYTICS_TASK_RETRIES"] = saved
-        st.up_output = result.stdout
-        print(f"\nscripts/up.sh took {time.monotonic() - t0:.0f}s")
-        assert result.returncode == 0, f"scripts/up.sh failed (exit {result.returncode}):\n{result.stdout}"
-        st.info = json.loads((state_dir / "stack.json").read_text())
+    def up_args(state_dir: Path) -> tuple[str, ...]:
+        return "--settings", str(_settings(state_dir / "kill_test_settings.yaml"))
+
+    # BRAZE_LYTICS_TASK_RETRIES is inherited by every Airflow process of the stack
+    with started_stack("bl-kill-", up_args, env={"BRAZE_LYTICS_TASK_RETRIES": "0"}) as st:
         yield st
-    finally:
-        _teardown(st)
 
 
 class Sandboxes:
