@@ -221,8 +221,10 @@ def test_a_limiter_with_the_servers_budget_never_draws_a_429():
     with BrazeSandbox(KEY, track_rate_limit=20, track_rate_window=1.0) as sandbox:
         # margin 0.1 s (production: 10 ms): on a loaded 2-core CI machine the server may record a
         # request tens of milliseconds after the client sent it; the window logic is what is tested.
-        client = _client(sandbox, limiter=RateLimiter(20, 1.0, margin=0.1))
+        # Timed from before the limiter exists: its pace counts from its creation, so a clock read
+        # after it would shorten the measured span by the (load-dependent) construction time.
         started = time.monotonic()
+        client = _client(sandbox, limiter=RateLimiter(20, 1.0, margin=0.1))
         for b in range(100):
             assert client.track([_obj(f"r{b}-{i}", add=["a"]) for i in range(75)]).retries == 0
         elapsed = time.monotonic() - started
@@ -236,6 +238,7 @@ def test_threads_sharing_one_client_keep_requests_in_flight_through_one_limiter(
     """deliver_chunk's shape: one client, several threads, answers that take 100 ms."""
     with BrazeSandbox(KEY, track_rate_limit=50, track_rate_window=1.0) as sandbox:
         sandbox.track.response_delay = 0.1
+        started = time.monotonic()  # the limiter paces from its creation
         limiter = CountingLimiter(50, 1.0, margin=0.1)
         client = _client(sandbox, limiter=limiter)
         batches = [[_obj(f"t{b}-{i}", add=[f"s{b % 4}"]) for i in range(75)] for b in range(80)]
@@ -248,7 +251,6 @@ def test_threads_sharing_one_client_keep_requests_in_flight_through_one_limiter(
                 with lock:
                     results.append(result)
 
-        started = time.monotonic()
         threads = [threading.Thread(target=worker, args=(batches[k::8],)) for k in range(8)]
         for t in threads:
             t.start()

@@ -290,6 +290,7 @@ def test_real_threads_sharing_one_limiter_keep_the_spacing():
         local.last = time.monotonic()
         return local.last
 
+    began = time.monotonic()  # the limiter paces from its creation
     limiter = RateLimiter(budget, window, margin=0.0, clock=clock)
     grants: list[float] = []
     grants_lock = threading.Lock()
@@ -302,7 +303,6 @@ def test_real_threads_sharing_one_limiter_keep_the_spacing():
             with grants_lock:
                 grants.append(local.last)
 
-    began = time.monotonic()
     pool = [threading.Thread(target=worker) for _ in range(threads)]
     for th in pool:
         th.start()
