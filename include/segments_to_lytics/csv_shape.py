@@ -43,12 +43,18 @@ from include.segments_to_lytics.duplicate_ids import (
     join_parts,
     spill_files,
 )
-from include.segments_to_lytics.export_files import contiguous_runs, detect_kind, iter_records, member_groups
+from include.segments_to_lytics.export_files import (
+    Block,
+    contiguous_runs,
+    detect_kind,
+    iter_csv_records,
+    iter_json_blocks,
+    member_groups,
+)
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_HEADER = ["source", "line", "reason", "record"]
-_BATCH = 2000
 
 
 @dataclass
@@ -177,89 +183,86 @@ class CsvShaper:
             return None
         return f"{self.id_field} is not a string ({type(value).__name__})"
 
-    def _rows(self, records: Iterable[tuple], quarantine: _QuarantineRows,
-              stats: ShapeStats) -> Iterator[tuple[tuple[str, str], str, int]]:
-        """((CSV line, id cell), source, line) of each valid record; everything else goes to
-        quarantine with its reason.
-
-        `records` are `(source, line_no, payload)`: payload is an NDJSON line (bytes), a CSV
-        row (dict), for a CSV row with the wrong field count its raw text (str), or a record the
-        reader refused (too long, ...) with its reason and a short excerpt.
-        This is the hot loop, so it is written flat, with locals instead of attributes.
-        """
-        loads, decode_error, make_row = orjson.loads, orjson.JSONDecodeError, self._row
-        id_path = self._id_path
-        id_key = id_path[0] if len(id_path) == 1 else None
-        read = 0
-        try:
-            for source, line_no, payload in records:
-                read += 1
-                if type(payload) is bytes:
-                    try:
-                        obj = loads(payload)
-                    except decode_error as exc:
-                        quarantine.add(source, line_no, f"invalid JSON: {exc}", _text(payload), stats)
-                        continue
-                    if type(obj) is not dict:
-                        quarantine.add(source, line_no, "not a JSON object", _text(payload), stats)
-                        continue
-                elif type(payload) is dict:
-                    obj = payload
-                elif type(payload) is str:
-                    quarantine.add(source, line_no, "wrong number of fields for the header", payload, stats)
-                    continue
-                else:  # the reader's RejectedRecord: refused before parsing (e.g. longer than the limit)
-                    quarantine.add(source, line_no, payload.reason, payload.excerpt, stats)
-                    continue
-                value = obj.get(id_key) if id_key is not None else _lookup(obj, id_path)
-                if type(value) is not str or not value or value.isspace():
-                    problem = self._id_problem(value)
-                    if problem:
-                        raw = _text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
-                        quarantine.add(source, line_no, problem, raw, stats)
-                        continue
-                yield make_row(obj), source, line_no
-        finally:
-            stats.rows_read += read
-
     # --- one run of records -----------------------------------------------------------------
 
     def __reduce__(self):
         # Worker processes rebuild the shaper: its generated row function does not pickle.
         return (_rebuild_shaper, (self._init_args,))
 
-    def write_part(self, records: Iterable[tuple], rows_path: Path, rejects_path: Path) -> tuple[ShapeStats, PartRows]:
+    def write_part(self, blocks: Iterable[Block], rows_path: Path, rejects_path: Path,
+                   progress: Progress | None = None) -> tuple[ShapeStats, PartRows]:
         """Write the rows of valid records (no header) and the rejected ones; return counts and,
         per row, what `duplicate_ids` needs (id digest, byte length, source line: in the part's
-        spill files, written in blocks, so memory does not grow with the export)."""
+        spill files, written in blocks, so memory does not grow with the export).
+
+        `blocks` are `(source, line_numbers, payloads)` (`export_files.iter_json_blocks`): a
+        payload is an NDJSON line (bytes; blank ones are skipped), a CSV row (dict), for a CSV row
+        with the wrong field count its raw text (str), or a record the reader refused (too long,
+        ...) with its reason and a short excerpt. Everything that is not a valid record goes to
+        quarantine with its reason. This is the hot loop (millions of records): one flat loop,
+        locals instead of attributes, one write per block.
+        """
         stats = ShapeStats()
         part = PartRows(rows_path)
+        loads, decode_error, make_row, digest = orjson.loads, orjson.JSONDecodeError, self._row, id_digest
+        id_path = self._id_path
+        id_key = id_path[0] if len(id_path) == 1 else None
         last_source = None
-        n = 0
+        n = read = 0
         with (_QuarantineRows(rejects_path) as quarantine, open_private(rows_path, "wb") as fh,
               RowSpill(rows_path) as spill):
-            digest, add_digest = id_digest, spill.digests.append
-            add_length, add_line = spill.lengths.append, spill.lines.append
-            batch: list[bytes] = []
-            for (line, key), source, line_no in self._rows(records, quarantine, stats):
-                data = line.encode()
-                add_digest(digest(key))
-                add_length(len(data) + 2)
-                add_line(line_no)
+            add_digest, add_length, add_line = spill.digests.append, spill.lengths.append, spill.lines.append
+            out: list[bytes] = []
+            add_out = out.append
+            for source, numbers, payloads in blocks:
                 if source != last_source:
                     part.sources.append((n, source))
                     last_source = source
-                n += 1
-                batch.append(data)
-                if len(batch) >= _BATCH:
-                    batch.append(b"")
-                    fh.write(b"\r\n".join(batch))
-                    batch.clear()
+                read += len(payloads)
+                for line_no, payload in zip(numbers, payloads):  # noqa: B905 - same length by construction
+                    if type(payload) is bytes:
+                        try:
+                            obj = loads(payload)
+                        except decode_error as exc:
+                            if len(payload) <= 1 and not payload.strip():
+                                read -= 1  # a blank line is no record
+                            else:
+                                quarantine.add(source, line_no, f"invalid JSON: {exc}", _text(payload), stats)
+                            continue
+                        if type(obj) is not dict:
+                            quarantine.add(source, line_no, "not a JSON object", _text(payload), stats)
+                            continue
+                    elif type(payload) is dict:
+                        obj = payload
+                    elif type(payload) is str:
+                        quarantine.add(source, line_no, "wrong number of fields for the header", payload, stats)
+                        continue
+                    else:  # the reader's RejectedRecord: refused before parsing (e.g. longer than the limit)
+                        quarantine.add(source, line_no, payload.reason, payload.excerpt, stats)
+                        continue
+                    value = obj.get(id_key) if id_key is not None else _lookup(obj, id_path)
+                    if type(value) is not str or not value or value.isspace():
+                        problem = self._id_problem(value)
+                        if problem:
+                            raw = _text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
+                            quarantine.add(source, line_no, problem, raw, stats)
+                            continue
+                    line, key = make_row(obj)
+                    data = line.encode()
+                    add_digest(digest(key))
+                    add_length(len(data) + 2)
+                    add_line(line_no)
+                    add_out(data)
+                if out:
+                    n += len(out)
+                    add_out(b"")
+                    fh.write(b"\r\n".join(out))
+                    out.clear()
                     if spill.due():
                         spill.flush()
-            if batch:
-                batch.append(b"")
-                fh.write(b"\r\n".join(batch))
+                if progress is not None:
+                    progress.set(read)
+        stats.rows_read = read
         stats.rows_written = part.rows = n
         return stats, part
 
@@ -273,23 +276,31 @@ Unit = tuple[Path, "list[str] | None"]  # an export file and the zip members to 
 
 def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: dict,
                 rows_path: Path, rejects_path: Path, label: str = "Shaping") -> tuple[ShapeStats, PartRows]:
-    records = itertools.chain.from_iterable(iter_records(path, kind, members, **read_options)
-                                            for path, members in units)
+    if kind == "csv":
+        blocks = _as_blocks(itertools.chain.from_iterable(
+            iter_csv_records(path, members, **read_options) for path, members in units))
+    else:
+        options = {k: v for k, v in read_options.items() if k != "required_fields"}  # CSV only
+        blocks = itertools.chain.from_iterable(iter_json_blocks(path, members, **options) for path, members in units)
     progress = Progress(log, label, total=None, unit="records")
     try:
-        return shaper.write_part(_counted(records, progress), rows_path, rejects_path)
+        return shaper.write_part(blocks, rows_path, rejects_path, progress)
     finally:
         progress.done()
 
 
-def _counted(records, progress: Progress, every: int = 20_000):
-    """The records, unchanged; the progress told every `every` records (a line at most every 30 s)."""
-    n = 0
-    for n, record in enumerate(records, 1):  # noqa: B007 - n is read after the loop
-        yield record
-        if not n % every:
-            progress.set(n)
-    progress.set(n)
+def _as_blocks(records: Iterable[tuple], size: int = 2000) -> Iterator[Block]:
+    """`(source, line_no, payload)` records grouped into `write_part`'s blocks (same source, <= `size`)."""
+    source, numbers, payloads = None, [], []
+    for record_source, line_no, payload in records:
+        if record_source != source or len(payloads) >= size:
+            if payloads:
+                yield source, numbers, payloads
+            source, numbers, payloads = record_source, [], []
+        numbers.append(line_no)
+        payloads.append(payload)
+    if payloads:
+        yield source, numbers, payloads
 
 
 def _work_groups(exports: list[Path], workers: int) -> list[list[Unit]]:

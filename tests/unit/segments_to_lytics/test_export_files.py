@@ -93,7 +93,7 @@ def test_a_line_over_the_limit_is_rejected_not_held(tmp_path):
     export = make_zip(tmp_path / "e.zip", {"pre-0.json": b'{"external_id": "u1"}\n' + long + b'\n{"external_id": "u3"}\n'})
     got = records(export, max_record_bytes=1000)
     assert [(s, n) for s, n, _p in got] == [("e.zip!pre-0.json", 1), ("e.zip!pre-0.json", 2), ("e.zip!pre-0.json", 3)]
-    assert got[0][2] == b'{"external_id": "u1"}\n' and got[2][2] == b'{"external_id": "u3"}\n'
+    assert got[0][2] == b'{"external_id": "u1"}' and got[2][2] == b'{"external_id": "u3"}'  # no line break
     rejected = got[1][2]
     assert isinstance(rejected, RejectedRecord)
     assert rejected.reason == f"record longer than 1,000 bytes ({len(long):,} bytes)"
@@ -107,7 +107,7 @@ def test_the_limit_is_on_the_line_without_its_newline(tmp_path):
     export = tmp_path / "e.json"
     export.write_bytes(at_limit + b"\n" + at_limit + b"\r\n" + over + b"\r\n" + over + b"\n" + over)  # no final newline
     got = [p for *_, p in records(export, max_record_bytes=100)]
-    assert got[:2] == [at_limit + b"\n", at_limit + b"\r\n"]
+    assert got[:2] == [at_limit, at_limit + b"\r"]  # the line without its LF (a CR stays)
     assert got[2:] == [RejectedRecord("record longer than 100 bytes (101 bytes)", over.decode()[:200])] * 3
 
 
@@ -128,7 +128,7 @@ def test_a_long_gzip_line_is_rejected_too(tmp_path):
     export = tmp_path / "e.json.gz"
     export.write_bytes(gzip.compress(b'{"a": 1}\n') + gzip.compress(b'{"b": "' + os.urandom(3000).hex().encode() + b'"}\n'))
     got = [p for *_, p in records(export, max_record_bytes=4096)]
-    assert got[0] == b'{"a": 1}\n' and isinstance(got[1], RejectedRecord)
+    assert got[0] == b'{"a": 1}' and isinstance(got[1], RejectedRecord)
 
 
 def test_csv_record_over_the_limit_is_rejected_and_the_next_rows_are_intact(tmp_path):
@@ -213,7 +213,7 @@ def test_zip_member_declaring_a_huge_inflated_size_is_refused_before_reading(tmp
     assert isinstance(err.value, PermanentError)
     assert [type(p) for *_, p in records(export, max_inflate_ratio=None)] == [bytes, RejectedRecord]  # lifted
     small = make_zip(tmp_path / "s.zip", {"pre-0.json": b" " * 1_000_000 + b"\n"})  # ~1000:1, but under 1 MiB
-    assert [len(p) for *_, p in records(small)] == [1_000_001]
+    assert [len(p) for *_, p in records(small)] == [1_000_000]
 
 
 def test_zip_member_lying_about_its_size_is_stopped_while_inflating(tmp_path):
@@ -231,13 +231,13 @@ def test_gzip_stream_over_the_ratio_is_stopped(tmp_path):
     with pytest.raises(InflateRatioError, match=r"^e\.json\.gz: inflated past .* more than max_inflate_ratio=200 "):
         records(export)
     got = [p for *_, p in records(export, max_inflate_ratio=100_000)]  # the limit can be raised
-    assert got[0] == b'{"a": 1}\n' and got[1].reason == f"record longer than 16 MiB ({60 << 20:,} bytes)"
+    assert got[0] == b'{"a": 1}' and got[1].reason == f"record longer than 16 MiB ({60 << 20:,} bytes)"
 
 
 def test_gzip_members_inside_a_zip_are_read_and_capped(tmp_path):
     lines = b"".join(b'{"n": %d}\n' % n for n in range(1000))
     export = make_zip(tmp_path / "e.zip", {"pre-0.json.gz": gzip.compress(lines)}, zipfile.ZIP_STORED)
-    assert b"".join(p for *_, p in records(export)) == lines
+    assert b"".join(p + b"\n" for *_, p in records(export)) == lines
     bomb = make_zip(tmp_path / "b.zip", {"pre-0.json.gz": gzip.compress(b" " * (50 << 20))}, zipfile.ZIP_STORED)
     with pytest.raises(InflateRatioError, match=r"^b\.zip!pre-0\.json\.gz: inflated past"):
         records(bomb)
@@ -293,8 +293,8 @@ _TOO_LONG = "RejectedRecord:record longer than 16 MiB ("
     ("zip", "ndjson", b'{"note": "', b"\x00", 200, "InflateRatioError"),
     ("gz", "ndjson", b'{"note": "', b"\x00", 200, "InflateRatioError"),
     # the ratio cap lifted, so the line reader itself must cope
-    ("zip", "ndjson", b'{"a": 1}\n{"note": "', b"x", None, ["bytes:9", _TOO_LONG]),
-    ("gz", "ndjson", b'{"a": 1}\n{"note": "', b"\x00", None, ["bytes:9", _TOO_LONG]),
+    ("zip", "ndjson", b'{"a": 1}\n{"note": "', b"x", None, ["bytes:8", _TOO_LONG]),
+    ("gz", "ndjson", b'{"a": 1}\n{"note": "', b"\x00", None, ["bytes:8", _TOO_LONG]),
     ("zip", "csv", b"user_id,note\nu1,", b"x", None, [_TOO_LONG]),
 ], ids=["zip-nul", "gz-nul", "zip-line", "gz-nul-line", "zip-csv"])
 def test_peak_memory_stays_bounded_on_hostile_input(tmp_path, packaging, kind, head, fill, ratio, expect):
@@ -419,7 +419,7 @@ def test_gzip_of_binary_data_is_not_ndjson(tmp_path, content, hint):
 def test_text_that_is_not_json_is_left_to_the_consumer(tmp_path):
     export = tmp_path / "e.json.gz"
     export.write_bytes(gzip.compress(b"hello, world\n\n{not json\n"))
-    assert [p for *_, p in records(export)] == [b"hello, world\n", b"{not json\n"]
+    assert [p for *_, p in records(export)] == [b"hello, world", b"{not json"]
 
 
 def test_csv_not_in_utf8_names_the_line(tmp_path):
@@ -479,4 +479,45 @@ def test_excerpt_escapes_controls_and_stays_short():
 def test_plain_ndjson_files_are_read_and_blank_lines_skipped(tmp_path):
     export = tmp_path / "e.json"
     export.write_bytes(b'{"a": 1}\n\n\r\n{"b": 2}')
-    assert records(export) == [("e.json", 1, b'{"a": 1}\n'), ("e.json", 4, b'{"b": 2}')]
+    assert records(export) == [("e.json", 1, b'{"a": 1}'), ("e.json", 4, b'{"b": 2}')]
+
+
+def _reference_lines(data: bytes, limit: int) -> list[tuple[int, object]]:
+    """What the reader must yield, computed the obvious way with the whole file in memory."""
+    parts = data.split(b"\n")
+    if parts and not parts[-1]:
+        parts.pop()
+    out = []
+    for n, line in enumerate(parts, 1):
+        size = len(line) - line.endswith(b"\r")
+        if size > limit:
+            out.append((n, ("rejected", size)))
+        elif len(line) > 1 or line.strip():
+            out.append((n, line))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lines_across_read_chunks_are_split_and_numbered_exactly(tmp_path, seed):
+    """Lines and CR LF pairs cut by the reader's 1 MiB reads, over-long lines ending in the middle of
+    a read, at its end or at the end of the file: the same records as splitting the whole file."""
+    import random
+
+    from include.segments_to_lytics.export_files import _CHUNK
+
+    rng = random.Random(seed)
+    limit = rng.choice([300_000, 900_000, _CHUNK + 10])
+    pieces = []
+    for _ in range(rng.randint(20, 60)):
+        size = rng.choice([0, 1, 2, rng.randint(3, 200), rng.randint(1000, 400_000),
+                           limit - 1, limit, limit + 1, rng.randint(limit, 3 * _CHUNK)])
+        body = b'{"x": "' + b"y" * max(0, size - 10) + b'"}' if size >= 10 else b" " * size
+        pieces.append(body + rng.choice([b"\n", b"\r\n"]))
+    data = b"".join(pieces)
+    if seed % 2:
+        data = data.rstrip(b"\r\n")  # no final line break
+    export = tmp_path / "e.json"
+    export.write_bytes(data)
+    got = [(n, ("rejected", int(p.reason.rsplit("(", 1)[1].split()[0].replace(",", "")))
+                if isinstance(p, RejectedRecord) else p) for _s, n, p in records(export, max_record_bytes=limit)]
+    assert got == _reference_lines(data, limit)
