@@ -36,6 +36,10 @@ from bench.measure import MB, REPO, StepFailed, load_text, machine
 STEPS = ("2", "3", "4", "5", "6")
 
 
+DEFAULT_STEPS = ",".join(STEPS)
+DEFAULT_OUT = REPO / "bench" / "results_b2l.md"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=500_000, help="users in the export (default 500000)")
@@ -45,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duckdb-variants", default="ordinality,table,union",
                     help=f"DuckDB numbering variants, comma-separated, from {', '.join(VARIANTS)}; the first is the "
                          f"baseline of the ratio, the others are context rows (default: all three)")
-    ap.add_argument("--steps", default=",".join(STEPS), help="steps to run (default: 2,3,4,5,6)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results_b2l.md", help="markdown report file")
+    ap.add_argument("--steps", default=DEFAULT_STEPS, help=f"steps to run (default: {DEFAULT_STEPS})")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report file")
     args = ap.parse_args(argv)
     variants = [v.strip() for v in args.duckdb_variants.split(",") if v.strip()]
     if not variants or any(v not in VARIANTS for v in variants):
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     load_end = os.getloadavg()
     took = time.perf_counter() - t0
     command = ".venv/bin/python -m bench.run_b2l" + (f" --users {args.users}" if args.users != 500_000 else "") \
-        + (" --users-5m" if args.users_5m else "")
+        + (" --users-5m" if args.users_5m else "") + (f" --steps {args.steps}" if args.steps != DEFAULT_STEPS else "") \
+        + (f" --out {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}"
+           if args.out != DEFAULT_OUT else "")
     header = [
         f"- Date: {started:%Y-%m-%d %H:%M} UTC (took {took:.0f} s)",
         f"- Machine: {machine()}",
