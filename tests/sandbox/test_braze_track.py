@@ -425,12 +425,15 @@ def test_throughput_smoke_keep_alive(sb):
     ]
     headers = {**AUTH, "Content-Type": "application/json"}
     with requests.Session() as s:
-        t0 = time.perf_counter()
         for body in bodies:
             r = s.post(f"{sb.url}/users/track", data=body, headers=headers, timeout=10)
             assert r.status_code == 201
-        elapsed = time.perf_counter() - t0
-    assert elapsed < 5.0, f"500 requests took {elapsed:.2f}s"
+        pools = s.get_adapter(sb.url).poolmanager.pools
+        connections = sum(pools[k].num_connections for k in pools.keys())
+    # One connection for all 500 requests: the sandbox keeps it alive, as Braze does (a server that
+    # closed after each answer would make the delivery benchmarks measure TCP set-up). Speed itself
+    # is measured by bench/run_l2b_delivery.py, not asserted here.
+    assert connections == 1
     assert sb.profiles.array("tp-499-74") == {"a", "b"}
 
 
