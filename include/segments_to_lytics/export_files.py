@@ -185,27 +185,47 @@ def iter_json_blocks(path: Path, members: list[str] | None = None, *,
         if stream.peek(3)[:3] == codecs.BOM_UTF8:  # a UTF-8 BOM (hand-made drops) is not part of the first line
             stream.read(3)
         _check_ndjson_start(source, stream)
-        read, pending, line_no = stream.read, b"", 0
+        read, line_no = stream.read, 0
+        head: list[bytes] = []  # the pieces of a line that goes on past the last read (at most ~limit bytes)
+        held = 0  # their length
+        rest = b""  # what followed an over-long line in the read that ended it
         while True:
-            chunk = read(max(_BLOCK, len(pending)))  # a long line: ever larger reads, so the copies stay linear
-            if chunk:
-                lines = (pending + chunk if pending else chunk).split(b"\n")
-                pending = lines.pop()  # the start of a line that goes on in the next chunk
-            else:  # the end: what is left (after an over-long line, possibly several lines) is read out
-                lines, pending = pending.split(b"\n") if pending else [], b""
-                if lines and not lines[-1]:
-                    lines.pop()  # the file's final line break ends a line; it does not start one
+            chunk = rest or read(_BLOCK)
+            rest = b""
+            if not chunk:  # the end of the file ends its last line
+                if head:
+                    line_no += 1
+                    yield source, range(line_no, line_no + 1), [b"".join(head)]
+                break
+            if head:
+                end = chunk.find(b"\n")
+                if end < 0:  # the line goes on
+                    head.append(chunk)
+                    held += len(chunk)
+                    if held - (chunk[-1:] == b"\r") > limit:  # skip to its end, never hold it
+                        line_no += 1
+                        rejected, rest = _skip_long_line(read, head[0], held, chunk[-1:], limit)
+                        head, held = [], 0
+                        yield source, range(line_no, line_no + 1), [rejected]
+                    continue
+                lines = chunk[end + 1:].split(b"\n")
+                lines.insert(0, b"".join([*head, chunk[:end]]))
+                head, held = [], 0
+            else:
+                lines = chunk.split(b"\n")
+            tail = lines.pop()  # the start of a line that goes on in the next read (or b"")
             if lines:
                 if max(map(len, lines)) > limit:
                     _reject_long_lines(lines, limit)
                 yield source, range(line_no + 1, line_no + 1 + len(lines)), lines
                 line_no += len(lines)
-            if not chunk:
-                break
-            if len(pending) - (pending[-1:] == b"\r") > limit:  # skip to its end, never hold it
-                line_no += 1
-                rejected, pending = _skip_long_line(read, pending, limit)
-                yield source, range(line_no, line_no + 1), [rejected]
+            if tail:
+                if len(tail) - (tail[-1:] == b"\r") > limit:  # a limit below the read size
+                    line_no += 1
+                    rejected, rest = _skip_long_line(read, tail, len(tail), tail[-1:], limit)
+                    yield source, range(line_no, line_no + 1), [rejected]
+                else:
+                    head, held = [tail], len(tail)
 
 
 def _reject_long_lines(lines: list, limit: int) -> None:
@@ -215,9 +235,10 @@ def _reject_long_lines(lines: list, limit: int) -> None:
             lines[i] = _too_long(limit, size, line)
 
 
-def _skip_long_line(read, start: bytes, limit: int) -> tuple[RejectedRecord, bytes]:
-    """Read past the rest of an over-long line that began with `start`: the rejection and the bytes after it."""
-    size, head, last = len(start), start[:_EXCERPT_CHARS * 4], start[-1:]
+def _skip_long_line(read, start: bytes, size: int, last: bytes, limit: int) -> tuple[RejectedRecord, bytes]:
+    """Read past the rest of an over-long line (`size` bytes so far, beginning with `start`, the last
+    of them `last`): its rejection, and the bytes after its line break in the read that ended it."""
+    head = start[:_EXCERPT_CHARS * 4]
     while chunk := read(_CHUNK):
         end = chunk.find(b"\n")
         if end < 0:

@@ -497,20 +497,20 @@ def _reference_lines(data: bytes, limit: int) -> list[tuple[int, object]]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 def test_lines_across_read_chunks_are_split_and_numbered_exactly(tmp_path, seed):
     """Lines and CR LF pairs cut by the reader's 1 MiB reads, over-long lines ending in the middle of
     a read, at its end or at the end of the file: the same records as splitting the whole file."""
     import random
 
-    from include.segments_to_lytics.export_files import _CHUNK
+    from include.segments_to_lytics.export_files import _BLOCK, _CHUNK
 
     rng = random.Random(seed)
-    limit = rng.choice([300_000, 900_000, _CHUNK + 10])
+    limit = [1000, 100_000, 300_000, 900_000, _CHUNK + 10, _BLOCK - 1, _BLOCK + 1, 2000][seed]
     pieces = []
     for _ in range(rng.randint(20, 60)):
-        size = rng.choice([0, 1, 2, rng.randint(3, 200), rng.randint(1000, 400_000),
-                           limit - 1, limit, limit + 1, rng.randint(limit, 3 * _CHUNK)])
+        size = rng.choice([0, 1, 2, rng.randint(3, 200), rng.randint(1000, 400_000), _BLOCK - 1, _BLOCK,
+                           _BLOCK + 1, limit - 1, limit, limit + 1, rng.randint(limit, 3 * _CHUNK)])
         body = b'{"x": "' + b"y" * max(0, size - 10) + b'"}' if size >= 10 else b" " * size
         pieces.append(body + rng.choice([b"\n", b"\r\n"]))
     data = b"".join(pieces)
