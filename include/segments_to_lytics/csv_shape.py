@@ -47,8 +47,8 @@ from include.segments_to_lytics.export_files import (
     Block,
     contiguous_runs,
     detect_kind,
-    iter_csv_records,
-    iter_json_blocks,
+    is_blank_line,
+    iter_record_blocks,
     member_groups,
 )
 
@@ -195,7 +195,7 @@ class CsvShaper:
         per row, what `duplicate_ids` needs (id digest, byte length, source line: in the part's
         spill files, written in blocks, so memory does not grow with the export).
 
-        `blocks` are `(source, line_numbers, payloads)` (`export_files.iter_json_blocks`): a
+        `blocks` are `(source, line_numbers, payloads)` (`export_files.iter_record_blocks`): a
         payload is an NDJSON line (bytes; blank ones are skipped), a CSV row (dict), for a CSV row
         with the wrong field count its raw text (str), or a record the reader refused (too long,
         ...) with its reason and a short excerpt. Everything that is not a valid record goes to
@@ -224,8 +224,8 @@ class CsvShaper:
                         try:
                             obj = loads(payload)
                         except decode_error as exc:
-                            if len(payload) <= 1 and not payload.strip():
-                                read -= 1  # a blank line is no record
+                            if is_blank_line(payload):
+                                read -= 1
                             else:
                                 quarantine.add(source, line_no, f"invalid JSON: {exc}", _text(payload), stats)
                             continue
@@ -276,31 +276,13 @@ Unit = tuple[Path, "list[str] | None"]  # an export file and the zip members to 
 
 def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: dict,
                 rows_path: Path, rejects_path: Path, label: str = "Shaping") -> tuple[ShapeStats, PartRows]:
-    if kind == "csv":
-        blocks = _as_blocks(itertools.chain.from_iterable(
-            iter_csv_records(path, members, **read_options) for path, members in units))
-    else:
-        options = {k: v for k, v in read_options.items() if k != "required_fields"}  # CSV only
-        blocks = itertools.chain.from_iterable(iter_json_blocks(path, members, **options) for path, members in units)
+    blocks = itertools.chain.from_iterable(iter_record_blocks(path, kind, members, **read_options)
+                                           for path, members in units)
     progress = Progress(log, label, total=None, unit="records")
     try:
         return shaper.write_part(blocks, rows_path, rejects_path, progress)
     finally:
         progress.done()
-
-
-def _as_blocks(records: Iterable[tuple], size: int = 2000) -> Iterator[Block]:
-    """`(source, line_no, payload)` records grouped into `write_part`'s blocks (same source, <= `size`)."""
-    source, numbers, payloads = None, [], []
-    for record_source, line_no, payload in records:
-        if record_source != source or len(payloads) >= size:
-            if payloads:
-                yield source, numbers, payloads
-            source, numbers, payloads = record_source, [], []
-        numbers.append(line_no)
-        payloads.append(payload)
-    if payloads:
-        yield source, numbers, payloads
 
 
 def _work_groups(exports: list[Path], workers: int) -> list[list[Unit]]:
@@ -318,7 +300,7 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
     files in export order are shaped in parallel processes and joined in order, so the output is
     byte-identical to a single-process run. Duplicate ids keep their first occurrence in export
     order, found without a second pass (`duplicate_ids`). `read_options` go to
-    `export_files.iter_records` (record and inflate limits, required CSV fields). The quarantine
+    `export_files.iter_record_blocks` (record and inflate limits, required CSV fields). The quarantine
     file is replaced on every run (same logical date, same result) and removed when nothing was
     quarantined.
     """

@@ -53,8 +53,8 @@ from include.segments_to_lytics.export_streams import (
 __all__ = [
     "DEFAULT_MAX_INFLATE_RATIO", "DEFAULT_MAX_RECORD_BYTES", "DamagedExportError", "ExportFileError",
     "ExportFormatError", "InflateRatioError", "Record", "RejectedRecord", "detect_kind", "excerpt",
-    "export_order", "iter_csv_records", "iter_json_blocks", "iter_json_lines", "iter_records",
-    "member_groups",
+    "export_order", "is_blank_line", "iter_csv_records", "iter_json_blocks", "iter_json_lines",
+    "iter_record_blocks", "iter_records", "member_groups",
 ]
 
 DEFAULT_MAX_RECORD_BYTES = 16 << 20
@@ -145,6 +145,40 @@ def iter_records(path: Path, kind: str, members: list[str] | None = None, *,
                            max_inflate_ratio=max_inflate_ratio)
 
 
+def iter_record_blocks(path: Path, kind: str, members: list[str] | None = None, *,
+                       max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                       max_inflate_ratio: float | None = DEFAULT_MAX_INFLATE_RATIO,
+                       required_fields: list[str] | None = None) -> Iterator[Block]:
+    """The records of `iter_records`, a block at a time (`iter_json_blocks`' shape, for hot loops).
+
+    NDJSON blocks include blank lines (`is_blank_line`: skip them); CSV rows come grouped by source.
+    """
+    if kind == "csv":
+        return _grouped(iter_csv_records(path, members, max_record_bytes=max_record_bytes,
+                                         max_inflate_ratio=max_inflate_ratio, required_fields=required_fields))
+    return iter_json_blocks(path, members, max_record_bytes=max_record_bytes, max_inflate_ratio=max_inflate_ratio)
+
+
+def _grouped(records: Iterator[Record], size: int = 2000) -> Iterator[Block]:
+    """Records as blocks of at most `size`, each from one source."""
+    source, numbers, payloads = None, [], []
+    for record_source, line_no, payload in records:
+        if record_source != source or len(payloads) >= size:
+            if payloads:
+                yield source, numbers, payloads
+            source, numbers, payloads = record_source, [], []
+        numbers.append(line_no)
+        payloads.append(payload)
+    if payloads:
+        yield source, numbers, payloads
+
+
+def is_blank_line(line: bytes) -> bool:
+    """A line that is no record: empty, or one whitespace byte (a lone CR of a CR LF, a space).
+    Longer whitespace-only lines are kept, and quarantined as invalid JSON."""
+    return len(line) <= 1 and not line.strip()
+
+
 def _check_limits(max_record_bytes: int, max_inflate_ratio: float | None) -> None:
     if type(max_record_bytes) is not int or max_record_bytes < 1:
         raise ConfigError(f"max_record_bytes must be a positive number of bytes, got {max_record_bytes!r}")
@@ -164,19 +198,19 @@ def iter_json_lines(path: Path, members: list[str] | None = None, *,
     for source, numbers, payloads in iter_json_blocks(path, members, max_record_bytes=max_record_bytes,
                                                       max_inflate_ratio=max_inflate_ratio):
         for line_no, payload in zip(numbers, payloads, strict=True):
-            if type(payload) is not bytes or len(payload) > 1 or payload.strip():
+            if type(payload) is not bytes or not is_blank_line(payload):
                 yield source, line_no, payload
 
 
 def iter_json_blocks(path: Path, members: list[str] | None = None, *,
                      max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
                      max_inflate_ratio: float | None = DEFAULT_MAX_INFLATE_RATIO) -> Iterator[Block]:
-    """The lines of `iter_json_lines`, about a megabyte at a time: `(source, line_numbers, payloads)`.
+    """The lines of `iter_json_lines`, a read (`_BLOCK`) at a time: `(source, line_numbers, payloads)`.
 
     `payloads[i]` is line `line_numbers[i]` (a `range`: consecutive lines) without its `\n` (a CR
     of a CR LF stays, which JSON parsers read as whitespace), or a `RejectedRecord` for a line
     longer than `max_record_bytes`. Blank lines are included, to keep the numbering: the consumer
-    skips them. For a hot loop: one generator step per block instead of one per record, and
+    skips them (`is_blank_line`). For a hot loop: one generator step per block instead of one per record, and
     `bytes.split` finds the line breaks in C.
     """
     _check_limits(max_record_bytes, max_inflate_ratio)
@@ -190,6 +224,11 @@ def iter_json_blocks(path: Path, members: list[str] | None = None, *,
         held = 0  # their length
         rest = b""  # what followed an over-long line in the read that ended it
         while True:
+            if held - (head[-1][-1:] == b"\r" if head else 0) > limit:  # skip to its end, never hold it
+                line_no += 1
+                rejected, rest = _skip_long_line(read, head[0], held, head[-1][-1:], limit)
+                head, held = [], 0
+                yield source, range(line_no, line_no + 1), [rejected]
             chunk = rest or read(_BLOCK)
             rest = b""
             if not chunk:  # the end of the file ends its last line
@@ -202,11 +241,6 @@ def iter_json_blocks(path: Path, members: list[str] | None = None, *,
                 if end < 0:  # the line goes on
                     head.append(chunk)
                     held += len(chunk)
-                    if held - (chunk[-1:] == b"\r") > limit:  # skip to its end, never hold it
-                        line_no += 1
-                        rejected, rest = _skip_long_line(read, head[0], held, chunk[-1:], limit)
-                        head, held = [], 0
-                        yield source, range(line_no, line_no + 1), [rejected]
                     continue
                 lines = chunk[end + 1:].split(b"\n")
                 lines.insert(0, b"".join([*head, chunk[:end]]))
@@ -220,12 +254,7 @@ def iter_json_blocks(path: Path, members: list[str] | None = None, *,
                 yield source, range(line_no + 1, line_no + 1 + len(lines)), lines
                 line_no += len(lines)
             if tail:
-                if len(tail) - (tail[-1:] == b"\r") > limit:  # a limit below the read size
-                    line_no += 1
-                    rejected, rest = _skip_long_line(read, tail, len(tail), tail[-1:], limit)
-                    yield source, range(line_no, line_no + 1), [rejected]
-                else:
-                    head, held = [tail], len(tail)
+                head, held = [tail], len(tail)
 
 
 def _reject_long_lines(lines: list, limit: int) -> None:
