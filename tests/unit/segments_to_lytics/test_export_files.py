@@ -521,3 +521,23 @@ def test_lines_across_read_chunks_are_split_and_numbered_exactly(tmp_path, seed)
     got = [(n, ("rejected", int(p.reason.rsplit("(", 1)[1].split()[0].replace(",", "")))
                 if isinstance(p, RejectedRecord) else p) for _s, n, p in records(export, max_record_bytes=limit)]
     assert got == _reference_lines(data, limit)
+
+
+@pytest.mark.parametrize("limit", [1000, 300_000])
+def test_a_line_of_exactly_the_limit_whose_cr_lf_is_cut_by_a_read_is_kept(tmp_path, limit):
+    """The read ends between the CR and the LF of a line exactly `limit` bytes long: the CR is the
+    line break's, not the record's, so the line is kept, not rejected as one byte too long."""
+    from include.segments_to_lytics.export_files import _BLOCK
+
+    line = b'{"x": "' + b"y" * (limit - 9) + b'"}'
+    assert len(line) == limit
+    reads = -(-(limit + 1) // _BLOCK)  # the read whose end falls right after the CR
+    filler_size = reads * _BLOCK - (limit + 1)
+    filler = b"".join(b'{"f": "' + b"z" * 90 + b'"}\n' for _ in range(filler_size // 100))
+    filler += b" " * (filler_size - len(filler) - 1) + b"\n" if filler_size > len(filler) else b""
+    data = filler + line + b"\r\n" + b'{"n": 1}\n'
+    assert data.index(line) + limit + 1 == reads * _BLOCK  # the CR is a read's last byte
+    export = tmp_path / "e.json"
+    export.write_bytes(data)
+    got = [p for *_, p in records(export, max_record_bytes=limit)]
+    assert got[-2:] == [line + b"\r", b'{"n": 1}']
