@@ -109,22 +109,17 @@ def committed_ids(store: StateStore, slug: str) -> pa.Array | None:
     pointer = committed(store, slug)
     if pointer is None:
         return None
-    try:
-        return read_snapshot(store, pointer["snapshot"])
-    except NotFoundError as exc:
-        raise PermanentError(
-            f"commit pointer {store.path(pointer_key(slug))} names snapshot {pointer['snapshot']!r}, "
-            "which is gone: restore it, point `snapshot` at one of `recent`, or delete the pointer "
-            "and run a full resync"
-        ) from exc
+    return _read_id_column(_open_committed(store, slug, pointer), store.path(pointer["snapshot"]))
 
 
 def committed_file(store: StateStore, slug: str):
     """The committed snapshot of `slug` as a `pyarrow.parquet.ParquetFile` (read lazily, block by
     block, by `diff_files`), or None when nothing was committed."""
     pointer = committed(store, slug)
-    if pointer is None:
-        return None
+    return None if pointer is None else _open_committed(store, slug, pointer)
+
+
+def _open_committed(store: StateStore, slug: str, pointer: dict):
     try:
         return store.parquet_file(pointer["snapshot"])
     except NotFoundError as exc:

@@ -6,34 +6,33 @@ Quoting follows RFC 4180 (CRLF line ends, fields with commas, quotes or newlines
 quotes doubled), so embedded commas, quotes and newlines survive.
 
 Rows without the id go to a quarantine CSV with the reason. Duplicate ids are resolved
-deterministically: the first occurrence in export order (members in name order, lines in
-order) is kept; later ones are quarantined as duplicates. Memory stays bounded: records
+deterministically: the first occurrence in export order (files `-0 … -N` in numeric order,
+lines in order) is kept; later ones are quarantined as duplicates. Memory stays bounded: records
 stream through one at a time and duplicates are found from a 64-bit hash per row, spilled to
 disk and sorted a partition at a time (`duplicate_ids`), with exact comparison only for the few
 rows whose hashes collide.
+
+Cells and the per-record row function are in `csv_cells`, the quarantine file in `quarantine_file`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import itertools
 import logging
 import os
-import re
-import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from include.common import settings
-from include.common.errors import ConfigError, StorageError
+from include.common.errors import ConfigError
 from include.common.progress import Progress
 from include.common.scratch import open_private, private_dirs
+from include.segments_to_lytics.csv_cells import compile_row, lookup, quote
 from include.segments_to_lytics.duplicate_ids import (
     PartRows,
     RowSpill,
@@ -51,10 +50,15 @@ from include.segments_to_lytics.export_files import (
     iter_record_blocks,
     member_groups,
 )
+from include.segments_to_lytics.quarantine_file import (
+    QuarantineRows,
+    join_quarantine,
+    quarantine_errors,
+    rejected_text,
+)
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_HEADER = ["source", "line", "reason", "record"]
 
 
 @dataclass
@@ -72,79 +76,6 @@ class ShapeStats:
     @property
     def rejected_share(self) -> float:
         return self.rows_rejected / self.rows_read if self.rows_read else 0.0
-
-
-def format_value(value) -> str:
-    """One CSV cell: '' for missing, true/false for booleans, compact JSON for objects/lists."""
-    if value is None:
-        return ""
-    kind = type(value)
-    if kind is str:
-        return value
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int or kind is float:
-        return str(value)
-    return orjson.dumps(value).decode()
-
-
-def _compile_row(paths: list[tuple[str, ...]], timestamp_value: str, id_index: int):
-    """Build `record -> (CSV line, id cell)` for this header as one flat function.
-
-    Shaping is the hot loop (millions of records); a generated function with each lookup and
-    each cell's RFC 4180 quoting spelled out inline runs several times faster than walking the
-    paths and calling a formatter per cell. Field names only ever appear as string literals
-    (repr), never as code.
-    """
-    lines = ["def row(r):"]
-    cells = []
-    parents: dict[tuple[str, ...], str] = {(): "r"}
-    for path in paths:
-        for depth in range(1, len(path)):
-            parent = path[:depth]
-            if parent not in parents:
-                name = f"p{len(parents)}"
-                lines.append(f"    {name} = {parents[parent[:-1]]}.get({parent[-1]!r})")
-                lines.append(f"    {name} = {name} if type({name}) is dict else EMPTY")
-                parents[parent] = name
-        v = f"v{len(cells)}"
-        lines.append(f"    {v} = {parents[path[:-1]]}.get({path[-1]!r})")
-        # A plain string without , " CR or LF is written as is, one with them quoted (QS); a missing
-        # value or JSON null is empty; anything else (numbers, booleans, objects, lists) goes through Q.
-        lines.append(f"    if type({v}) is str:")
-        lines.append(f"        if NEEDS({v}): {v} = QS({v})")
-        lines.append(f"    else: {v} = '' if {v} is None else Q({v})")
-        cells.append(v)
-    lines.append(f"    return ','.join([{', '.join(cells)}, TS]), v{id_index}")
-    namespace = {"EMPTY": {}, "Q": _quoted_cell, "QS": _quote_always, "NEEDS": _NEEDS_QUOTES,
-                 "TS": _quote(timestamp_value)}
-    exec("\n".join(lines), namespace)  # noqa: S102 - code built above from literals only
-    return namespace["row"]
-
-
-def _quoted_cell(value) -> str:
-    """`_quote(format_value(value))` in one call for the common non-string cells: a number or a
-    boolean never needs quoting (digits, '.', '-', '+', 'e', letters)."""
-    kind = type(value)
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int or kind is float:
-        return str(value)
-    text = orjson.dumps(value).decode() if kind is list or kind is dict else format_value(value)
-    return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES(text) else text
-
-
-def _quote_always(cell: str) -> str:
-    return '"' + cell.replace('"', '""') + '"'
-
-
-def _lookup(record: dict, path: tuple[str, ...]):
-    value = record
-    for key in path:
-        if type(value) is not dict:
-            return None
-        value = value.get(key)
-    return value
 
 
 class CsvShaper:
@@ -170,7 +101,7 @@ class CsvShaper:
         self.nested = nested
         self._paths = [tuple(src.split(".")) if nested else (src,) for src in columns.values()]
         self._id_path = tuple(id_field.split(".")) if nested else (id_field,)
-        self._row = _compile_row(self._paths, timestamp_value, self.id_index)
+        self._row = compile_row(self._paths, timestamp_value, self.id_index)
 
     # --- record -> row ------------------------------------------------------------------------
 
@@ -209,7 +140,7 @@ class CsvShaper:
         id_key = id_path[0] if len(id_path) == 1 else None
         last_source = None
         n = read = 0
-        with (_QuarantineRows(rejects_path) as quarantine, open_private(rows_path, "wb") as fh,
+        with (QuarantineRows(rejects_path) as quarantine, open_private(rows_path, "wb") as fh,
               RowSpill(rows_path) as spill):
             add_digest, add_length, add_line = spill.digests.append, spill.lengths.append, spill.lines.append
             out: list[bytes] = []
@@ -227,10 +158,10 @@ class CsvShaper:
                             if is_blank_line(payload):
                                 read -= 1
                             else:
-                                quarantine.add(source, line_no, f"invalid JSON: {exc}", _text(payload), stats)
+                                quarantine.add(source, line_no, f"invalid JSON: {exc}", rejected_text(payload), stats)
                             continue
                         if type(obj) is not dict:
-                            quarantine.add(source, line_no, "not a JSON object", _text(payload), stats)
+                            quarantine.add(source, line_no, "not a JSON object", rejected_text(payload), stats)
                             continue
                     elif type(payload) is dict:
                         obj = payload
@@ -240,11 +171,11 @@ class CsvShaper:
                     else:  # the reader's RejectedRecord: refused before parsing (e.g. longer than the limit)
                         quarantine.add(source, line_no, payload.reason, payload.excerpt, stats)
                         continue
-                    value = obj.get(id_key) if id_key is not None else _lookup(obj, id_path)
+                    value = obj.get(id_key) if id_key is not None else lookup(obj, id_path)
                     if type(value) is not str or not value or value.isspace():
                         problem = self._id_problem(value)
                         if problem:
-                            raw = _text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
+                            raw = rejected_text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
                             quarantine.add(source, line_no, problem, raw, stats)
                             continue
                     line, key = make_row(obj)
@@ -333,14 +264,14 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
             stats.reasons.update(part_stats.reasons)
         parts = [part for _, part in results]
         drops = find_duplicates(parts, shaper.id_index, out_csv.with_name(f"{out_csv.name}.ids"))
-        join_parts(out_csv, (",".join(_quote(h) for h in shaper.header) + "\r\n").encode(), parts, drops)
+        join_parts(out_csv, (",".join(quote(h) for h in shaper.header) + "\r\n").encode(), parts, drops)
         stats.rows_written -= len(drops)
         stats.rows_duplicate = len(drops)
         if drops:
             stats.reasons["duplicate id"] += len(drops)
-        with _quarantine_errors(quarantine_path):  # its own directory: BRAZE_LYTICS_QUARANTINE_DIR
+        with quarantine_errors(quarantine_path):  # its own directory: BRAZE_LYTICS_QUARANTINE_DIR
             private_dirs(quarantine_path.parent)  # 0700: rejected rows are customer data
-            _join(q_tmp, QUARANTINE_HEADER, [p[1] for p in paths])
+            join_quarantine(q_tmp, [p[1] for p in paths])
             if drops:
                 with open(q_tmp, "a", encoding="utf-8", newline="") as qfh:
                     writer = csv.writer(qfh, lineterminator="\r\n")
@@ -362,80 +293,7 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
             q_tmp.unlink(missing_ok=True)
 
 
-_UNWRITABLE = {errno.EROFS: "its filesystem is read-only", errno.ENOSPC: "its disk is full",
-               errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied"}
-
-
-@contextlib.contextmanager
-def _quarantine_errors(quarantine_path: Path) -> Iterator[None]:
-    """The quarantine directory cannot take the file: a `StorageError` naming BRAZE_LYTICS_QUARANTINE_DIR (not the
-    scratch dir's full-disk error, nor a bare OSError)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in _UNWRITABLE:
-            raise
-        raise StorageError(
-            f"cannot write the quarantine file {quarantine_path}: {_UNWRITABLE[exc.errno]} ({exc}). Rejected rows "
-            f"are kept in {settings.QUARANTINE_DIR}: make that directory writable or free space there, or point "
-            f"{settings.QUARANTINE_DIR} to another directory, then clear the task. Nothing was delivered."
-        ) from exc
-
-
-def _join(dest: Path, header: list[str], part_paths: list[Path]) -> None:
-    """The header row, then each part's bytes in order."""
-    with open_private(dest, "wb") as out:
-        out.write(",".join(_quote(h) for h in header).encode() + b"\r\n")
-        for part in part_paths:
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-
-
 def _import_numpy_meanwhile() -> None:
     import threading
 
     threading.Thread(target=__import__, args=("numpy",), daemon=True).start()
-
-
-_NEEDS_QUOTES = re.compile(r'[",\r\n]').search
-
-
-def _quote(cell: str) -> str:
-    """RFC 4180 quoting of one cell: exactly csv.writer's QUOTE_MINIMAL, ~30% faster per row.
-
-    (csv.writer re-checks its dialect per field; a compiled search per cell is cheaper, and
-    shaping is the hot loop. tests/unit/test_csv_shape.py compares the two byte for byte.)
-    """
-    return '"' + cell.replace('"', '""') + '"' if _NEEDS_QUOTES(cell) else cell
-
-
-_MAX_QUARANTINED_CHARS = 65_536  # a rejected record longer than this is kept as an excerpt
-
-
-def _text(line: bytes) -> str:
-    """A rejected line as quarantine text: whole when it is of a sane size, else its beginning."""
-    text = line[:_MAX_QUARANTINED_CHARS * 4].decode("utf-8", "replace").rstrip("\r\n")
-    if len(text) > _MAX_QUARANTINED_CHARS:
-        return f"{text[:_MAX_QUARANTINED_CHARS]}... [truncated: {len(line):,} bytes]"
-    return text
-
-
-class _QuarantineRows:
-    """Rejected rows of one part with their reasons, written beside, never into, the output."""
-
-    def __init__(self, path: Path):
-        self._fh = open_private(path, "w", encoding="utf-8", newline="")
-        self._writer = csv.writer(self._fh, lineterminator="\r\n")
-
-    def __enter__(self) -> _QuarantineRows:
-        return self
-
-    def add(self, source: str, line: int, reason: str, record: str, stats: ShapeStats) -> None:
-        self._writer.writerow([source, line, reason, record])
-        # Count by kind of reason, not by the varying detail after ':' or ' (' (positions, sizes).
-        stats.reasons[reason.split(":", 1)[0].split(" (", 1)[0]] += 1
-        stats.rows_rejected += 1
-
-    def __exit__(self, *exc) -> None:
-        self._fh.close()

@@ -16,6 +16,8 @@ dashboard exports are a CSV, often zipped. The reading contract:
   longer than `max_record_bytes` (default 16 MiB) is read in bounded chunks up to its end and
   yielded as a `RejectedRecord`, never held whole; decompression is incremental and capped at
   `max_inflate_ratio` times the compressed size (export_streams.py).
+- **Modules.** NDJSON is read here, dashboard CSVs in `dashboard_csv`, the record types and limits
+  both share are in `export_records`, packaging (zip, gzip, inflate caps) in `export_streams`.
 - **Errors.** All are `PermanentError`s (a retry reads the same bytes): `DamagedExportError`
   (truncated, corrupt), `InflateRatioError` (decompression bomb), `ExportFormatError` (a zip
   method we cannot read, an encrypted member, a zip without data files, binary data instead of
@@ -26,15 +28,22 @@ dashboard exports are a CSV, often zipped. The reading contract:
 from __future__ import annotations
 
 import codecs
-import csv
-import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from include.common.errors import ConfigError
+from include.segments_to_lytics.dashboard_csv import iter_csv_records
+from include.segments_to_lytics.export_records import (
+    DEFAULT_MAX_RECORD_BYTES,
+    EXCERPT_CHARS,
+    SKIP_CHUNK,
+    Block,
+    Record,
+    RejectedRecord,
+    check_limits,
+    excerpt,
+    too_long,
+)
 from include.segments_to_lytics.export_streams import (
-    _AGAIN,
     DEFAULT_MAX_INFLATE_RATIO,
     ZIP_MAGIC,
     DamagedExportError,
@@ -52,40 +61,12 @@ from include.segments_to_lytics.export_streams import (
 
 __all__ = [
     "DEFAULT_MAX_INFLATE_RATIO", "DEFAULT_MAX_RECORD_BYTES", "DamagedExportError", "ExportFileError",
-    "ExportFormatError", "InflateRatioError", "Record", "RejectedRecord", "detect_kind", "excerpt",
+    "ExportFormatError", "InflateRatioError", "Block", "Record", "RejectedRecord", "detect_kind", "excerpt",
     "export_order", "is_blank_line", "iter_csv_records", "iter_json_blocks", "iter_json_lines",
     "iter_record_blocks", "iter_records", "member_groups",
 ]
 
-DEFAULT_MAX_RECORD_BYTES = 16 << 20
-_EXCERPT_CHARS = 200
-_CHUNK = 1 << 20  # what an over-long record is skipped by
 _BLOCK = 128 << 10  # what a block of lines is cut from: small enough that its lines are still in the CPU cache
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedRecord:
-    """A record the reader refused to hold or could not parse: quarantine it with `reason`."""
-
-    reason: str  # e.g. "record longer than 16 MiB (1,073,741,824 bytes)"
-    excerpt: str  # its first <= 200 characters, invalid UTF-8 replaced, control characters escaped
-
-
-# Records are plain tuples `(source, line_no, payload)`: millions of them pass through, and a
-# tuple costs a fraction of a dataclass instance.
-Record = tuple[str, int, "bytes | dict[str, str] | str | RejectedRecord"]
-
-
-def excerpt(raw: bytes) -> str:
-    """The first <= 200 characters of `raw`, printable: safe to put in a quarantine file or a log."""
-    text = raw[:_EXCERPT_CHARS * 4].rstrip(b"\r\n").decode("utf-8", "replace")
-    return text[:_EXCERPT_CHARS].translate(_ESCAPES)[:_EXCERPT_CHARS]
-
-
-def _too_long(limit: int, size: int, start: bytes) -> RejectedRecord:
-    shown = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit:,} bytes"
-    return RejectedRecord(f"record longer than {shown} ({size:,} bytes)", excerpt(start))
 
 
 def _is_csv_name(name: str) -> bool:
@@ -179,17 +160,6 @@ def is_blank_line(line: bytes) -> bool:
     return len(line) <= 1 and not line.strip()
 
 
-def _check_limits(max_record_bytes: int, max_inflate_ratio: float | None) -> None:
-    if type(max_record_bytes) is not int or max_record_bytes < 1:
-        raise ConfigError(f"max_record_bytes must be a positive number of bytes, got {max_record_bytes!r}")
-    if max_inflate_ratio is not None and not max_inflate_ratio >= 1:
-        raise ConfigError(f"max_inflate_ratio must be at least 1 (or None for no limit), "
-                          f"got {max_inflate_ratio!r}")
-
-
-Block = tuple[str, "range | list[int]", list]  # (source, line numbers, payloads), see iter_json_blocks
-
-
 def iter_json_lines(path: Path, members: list[str] | None = None, *,
                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
                     max_inflate_ratio: float | None = DEFAULT_MAX_INFLATE_RATIO) -> Iterator[Record]:
@@ -213,7 +183,7 @@ def iter_json_blocks(path: Path, members: list[str] | None = None, *,
     skips them (`is_blank_line`). For a hot loop: one generator step per block instead of one per record, and
     `bytes.split` finds the line breaks in C.
     """
-    _check_limits(max_record_bytes, max_inflate_ratio)
+    check_limits(max_record_bytes, max_inflate_ratio)
     limit = max_record_bytes
     for source, stream in member_streams(path, members, max_inflate_ratio):
         if stream.peek(3)[:3] == codecs.BOM_UTF8:  # a UTF-8 BOM (hand-made drops) is not part of the first line
@@ -261,27 +231,22 @@ def _reject_long_lines(lines: list, limit: int) -> None:
     for i, line in enumerate(lines):
         size = len(line) - (line[-1:] == b"\r")
         if size > limit:
-            lines[i] = _too_long(limit, size, line)
+            lines[i] = too_long(limit, size, line)
 
 
 def _skip_long_line(read, start: bytes, size: int, last: bytes, limit: int) -> tuple[RejectedRecord, bytes]:
     """Read past the rest of an over-long line (`size` bytes so far, beginning with `start`, the last
     of them `last`): its rejection, and the bytes after its line break in the read that ended it."""
-    head = start[:_EXCERPT_CHARS * 4]
-    while chunk := read(_CHUNK):
+    head = start[:EXCERPT_CHARS * 4]
+    while chunk := read(SKIP_CHUNK):
         end = chunk.find(b"\n")
         if end < 0:
             size, last = size + len(chunk), chunk[-1:]
             continue
         size += end
         before = chunk[end - 1:end] if end else last
-        return _too_long(limit, size - (before == b"\r"), head), chunk[end + 1:]
-    return _too_long(limit, size, head), b""  # the end of the file ends the line
-
-
-def _eol(line: bytes) -> int:
-    """The length of the line break that ends `line` (CR LF, LF, or none)."""
-    return 0 if line[-1:] != b"\n" else 2 if line[-2:] == b"\r\n" else 1
+        return too_long(limit, size - (before == b"\r"), head), chunk[end + 1:]
+    return too_long(limit, size, head), b""  # the end of the file ends the line
 
 
 _BINARY_HINTS = {b"PK": "a zip archive", b"\x1f\x8b": "gzip data (compressed twice?)", b"%PDF": "a PDF",
@@ -309,155 +274,3 @@ def _utf8_prefix(data: bytes) -> bool:
     except UnicodeDecodeError as exc:  # a character cut at the end of the sample is fine
         return exc.reason == "unexpected end of data"
     return True
-
-
-class _LongRecord(Exception):  # noqa: N818 - internal signal, never escapes this module
-    def __init__(self, line_no: int, record: RejectedRecord):
-        self.line_no, self.record = line_no, record
-
-
-class _CsvLines:
-    """The physical lines of one CSV member, decoded, fed to `csv.reader`.
-
-    Counts the bytes of the current record (the reader's loop sets `size = 0` after each row).
-    A record over the limit is skipped up to the newline that ends it outside quotes, and
-    signalled with `_LongRecord`; csv.reader starts afresh on its next call. Quotes are counted
-    only for records that span lines (rare), to keep the common path short.
-    """
-
-    __slots__ = ("_readline", "_cap", "_limit", "_source", "line_no", "size", "first", "more", "eof")
-
-    def __init__(self, source: str, stream, limit: int):
-        self._readline, self._cap, self._limit, self._source = stream.readline, limit + 2, limit, source
-        self.line_no = self.size = 0
-        self.first, self.more = b"", None
-        self.eof = False  # the end of the member was reached (csv.reader asked for a line after the last)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        line = self._readline(self._cap)  # room for CR LF
-        if not line:
-            self.eof = True
-            raise StopIteration
-        self.line_no += 1
-        if self.size:
-            self._continued(line)
-        else:
-            self.first = line
-        size = self.size = self.size + len(line)
-        if size > self._limit and size - _eol(line) > self._limit:
-            self._skip_record(line)
-        try:
-            return line.decode()
-        except UnicodeDecodeError as exc:
-            raise ExportFormatError(f"{self._source} line {self.line_no}: not UTF-8 text ({exc.reason} at "
-                                    f"byte {exc.start + 1}); re-export the CSV as UTF-8") from None
-
-    def _continued(self, line: bytes) -> None:
-        """A further line of a record (a quoted field with line breaks): count quotes, grow the excerpt."""
-        if self.more is None or self.more[2] is not self.first:  # this record's first continuation
-            self.more = [self.first.count(b'"'), self.first[:800], self.first]
-        self.more[0] += line.count(b'"')
-        if len(self.more[1]) < 800:
-            self.more[1] += line[:800]
-
-    def _quotes_and_start(self) -> tuple[int, bytes]:
-        more = self.more
-        if more is None or more[2] is not self.first:  # the record is one line
-            return self.first.count(b'"'), self.first
-        return more[0], more[1]
-
-    def skipped(self, reason: str) -> RejectedRecord:
-        record = RejectedRecord(reason, excerpt(self._quotes_and_start()[1]))
-        self.size = 0
-        return record
-
-    def _skip_record(self, line: bytes):
-        quotes, start = self._quotes_and_start()
-        size, inside, last, before = self.size, quotes & 1, line, b""
-        while inside or last[-1] != 10:
-            more = self._readline(_CHUNK)
-            if not more:  # end of file ends the record
-                break
-            self.line_no += last[-1] == 10  # a new physical line starts
-            size += len(more)
-            inside ^= more.count(b'"') & 1
-            before, last = last[-1:], more
-        self.size = 0
-        raise _LongRecord(self.line_no, _too_long(self._limit, size - _eol(before + last[-2:]), start))
-
-
-def iter_csv_records(path: Path, members: list[str] | None = None, *,
-                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-                     max_inflate_ratio: float | None = DEFAULT_MAX_INFLATE_RATIO,
-                     required_fields: list[str] | None = None) -> Iterator[Record]:
-    """Rows of the dashboard CSV(s) inside `path`, as dicts keyed by the header.
-
-    Raises the process-wide `csv.field_size_limit` to `max_record_bytes` if lower: records are
-    bounded here, before the csv module sees them.
-    """
-    _check_limits(max_record_bytes, max_inflate_ratio)
-    if csv.field_size_limit() < max_record_bytes:
-        csv.field_size_limit(max_record_bytes)
-    for source, stream in member_streams(path, members, max_inflate_ratio):
-        if stream.peek(3)[:3] == codecs.BOM_UTF8:
-            stream.read(3)
-        lines = _CsvLines(source, stream, max_record_bytes)
-        reader = csv.reader(lines)
-        try:
-            header = next(reader)
-        except StopIteration:
-            continue
-        except (_LongRecord, csv.Error) as exc:
-            why = exc.record.reason if isinstance(exc, _LongRecord) else str(exc)
-            raise ExportFormatError(f"{source}: the header line is unreadable ({why}); "
-                                    f"is this a CSV export?") from None
-        if not header:
-            raise ExportFormatError(f"{source}: the first line, the header, is empty; is this a CSV export?")
-        if required_fields:
-            _check_header(source, header, required_fields)
-        width = len(header)
-        while True:
-            lines.size = 0
-            try:
-                for row in reader:
-                    lines.size = 0
-                    if lines.eof:  # csv.reader only reads past a record's end when a quoted field is open
-                        raise DamagedExportError(
-                            f"{source} line {lines.line_no}: the file ends inside a quoted field (a field's "
-                            f"opening quote is never closed): the CSV is truncated or damaged, so "
-                            f"rows may be missing; {_AGAIN}")
-                    if len(row) == width:
-                        yield source, lines.line_no, dict(zip(header, row, strict=False))  # width checked
-                    elif row:
-                        yield source, lines.line_no, ",".join(row)
-                break
-            except _LongRecord as long:
-                yield source, long.line_no, long.record
-            except csv.Error as exc:
-                yield source, lines.line_no, lines.skipped(f"unreadable CSV row: {exc}")
-
-
-def _check_header(source: str, header: list[str], required: list[str]) -> None:
-    """Every required field must be a column of this CSV's header, spelled exactly."""
-    present = set(header)
-    missing = [f for f in required if f not in present]
-    if not missing:
-        return
-    folded: dict[str, str] = {}
-    for h in header:
-        folded.setdefault(h.casefold(), h)
-    hints = []
-    for field in missing:
-        close = difflib.get_close_matches(field.casefold(), list(folded), n=3)
-        if close:
-            hints.append(f"{field!r}: found {' or '.join(repr(folded[c]) for c in close)}")
-    shown = ", ".join(repr(h[:60]) for h in header[:30]) + (", …" if len(header) > 30 else "")
-    raise ExportFormatError(
-        f"{source}: the CSV header has no column {', '.join(map(repr, missing))}"
-        f"{' (close matches: ' + '; '.join(hints) + ')' if hints else ''}; header found: [{shown[:300]}]. "
-        f"Fix the segment's `columns` mapping to the header's exact spelling, or re-export the CSV "
-        f"with those columns"
-    )

@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from include.common.errors import ConfigError
-from include.segments_to_lytics.csv_shape import QUARANTINE_HEADER, CsvShaper, shape_export
+from include.segments_to_lytics.csv_shape import CsvShaper, shape_export
 from include.segments_to_lytics.packaging import compress
+from include.segments_to_lytics.quarantine_file import QUARANTINE_HEADER
 from sandbox.braze_users import SegmentSpec, expected_users, export_lines
 
 TS = "2026-11-23T00:00:00Z"
@@ -227,7 +228,7 @@ def test_compression_is_byte_identical_across_reruns_and_readable(tmp_path, comp
 
 @pytest.mark.parametrize("cell", ["plain", "", "a,b", 'say "hi"', "line\nbreak", "cr\rhere", "crlf\r\n", '"', " spaced ", "Zoë,李"])
 def test_cell_quoting_matches_the_csv_module_exactly(cell):
-    from include.segments_to_lytics.csv_shape import _quote
+    from include.segments_to_lytics.csv_cells import quote as _quote
 
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\r\n").writerow([cell, "x"])
@@ -243,7 +244,7 @@ _VALUES = ["plain", "", "a,b", 'say "hi"', "line\nbreak", "cr\rhere", "u\u2028se
 def test_generated_row_matches_format_value_and_the_csv_module(value):
     """Every kind of JSON value, top level and nested, as the generated row function writes it: the
     same bytes as csv.writer of format_value's cells."""
-    from include.segments_to_lytics.csv_shape import format_value
+    from include.segments_to_lytics.csv_cells import format_value
 
     sh = CsvShaper({"id": "external_id", "v": "v", "nested": "custom_attributes.v"}, id_field="external_id",
                    timestamp_column="ts", timestamp_value=TS)
