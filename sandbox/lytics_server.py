@@ -39,9 +39,10 @@ ends with ``"_next": ""`` although members remain), ``total_offset`` (a ``total`
 with the members), ``expire_tokens`` (every outstanding scan token expires now) and
 ``rename_user_field`` (a user field renamed or removed from the account's schema).
 
-This module holds :class:`LyticsSandbox` (auth, routing, scans, test knobs) and the CLI; the HTTP
-plumbing is in :mod:`sandbox.lytics_http`, the optional rate limit in :mod:`sandbox.rate_window`,
-membership in :mod:`sandbox.lytics_members`. Standard library + orjson only; imports nothing
+This module holds :class:`LyticsSandbox` (auth, routing, scans); the test knobs and the request
+log are in :mod:`sandbox.lytics_knobs`, the CLI in :mod:`sandbox.lytics_cli`, the HTTP plumbing in
+:mod:`sandbox.lytics_http`, the optional rate limit in :mod:`sandbox.rate_window`, membership in
+:mod:`sandbox.lytics_members`. Standard library + orjson only; imports nothing
 from ``include/`` or ``plugins/``.
 
 Run in the foreground::
@@ -51,17 +52,13 @@ Run in the foreground::
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import ipaddress
 import json
-import os
 import re
 import secrets
-import signal
 import sys
 import threading
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, unquote
@@ -69,6 +66,7 @@ from urllib.parse import parse_qs, unquote
 from sandbox.background_server import BackgroundHttpServer
 from sandbox.lytics_collect import DEFAULT_ACCOUNT, CollectStore, is_collect_path
 from sandbox.lytics_http import LyticsHandler, LyticsHttpServer, Response, error_response, json_response
+from sandbox.lytics_knobs import RESET, LyticsKnobs
 from sandbox.lytics_members import Audience, MembershipStore, user_record
 from sandbox.lytics_scan_tokens import Cursor, TokenError, decode_token, encode_token
 from sandbox.rate_window import SlidingWindowLimiter
@@ -77,7 +75,6 @@ __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "RESET", "Audience", "LyticsSandbox", "
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
-RESET = "reset"  # fail_next(n, RESET): close the connection (TCP RST) without answering
 TOKEN_TTL = 300.0
 
 _SEGMENT_RE = re.compile(r"^/api/segment/([^/]+)(/scan)?/?$")
@@ -85,7 +82,7 @@ CONTROL_PREFIX = "/_sandbox/"
 _CONTROL_RE = re.compile(r"^/_sandbox/audiences/([^/]+)/(remove|add)/?$")
 
 
-class LyticsSandbox(BackgroundHttpServer):
+class LyticsSandbox(LyticsKnobs, BackgroundHttpServer):
     """Fake Lytics segment API on loopback. Use as a context manager or start()/stop().
 
     ``store`` is the live :class:`MembershipStore`: change membership through it (``add``,
@@ -125,14 +122,7 @@ class LyticsSandbox(BackgroundHttpServer):
         self._audiences: dict[str, Audience] = {}  # id -> audience, in registration order
         self._slugs: dict[str, str] = {}  # slug -> id
         self._updated: dict[str, str] = {}  # id -> ISO time the audience was (re)defined
-        self._requests: list[tuple[str, str, int]] = []
-        self._fail_count = 0
-        self._fail_status: int | str = 500
-        self._empty_pages: dict[str | None, tuple[int, int]] = {}  # audience id (None: any) -> (after, run)
-        self._end_after: dict[str | None, int] = {}  # audience id (None: any) -> pages
-        self._total_offset: dict[str | None, int] = {}  # audience id (None: any) -> delta
-        self._renamed: dict[str, str | None] = {}  # user field -> its new name (None: removed)
-        self._tokens_valid_from = 0.0
+        self._init_knobs()
         self._limiter = SlidingWindowLimiter(rate_limit_per_sec, 1.0) if rate_limit_per_sec else None
         self._init_background()
         for a in audiences:
@@ -161,84 +151,6 @@ class LyticsSandbox(BackgroundHttpServer):
     def audiences(self) -> list[Audience]:
         with self._lock:
             return list(self._audiences.values())
-
-    def fail_next(self, n: int, status: int | str = 500) -> None:
-        """The next ``n`` requests, to any endpoint and before auth, answer ``status`` (e.g.
-        429/500/503) -- or, with ``status="reset"``, get their connection aborted (TCP RST)
-        without any response (logged with status 0)."""
-        if status != RESET and not (isinstance(status, int) and 100 <= status <= 599):
-            raise ValueError(f"status must be an HTTP status or {RESET!r}, got {status!r}")
-        with self._lock:
-            self._fail_count = n
-            self._fail_status = status
-
-    def empty_pages(self, run: int, after: int = 1, audience_id: str | None = None) -> None:
-        """In every scan (of ``audience_id``, or of any audience), once ``after`` pages with members
-        were served, serve ``run`` pages with ``"data": []`` and a non-empty ``_next`` (pointing at
-        the same place), then go on. ``run=0`` turns it off. Lytics scans walk the user table in
-        parts, so a page may hold no member of the audience and still not be the last."""
-        if run < 0 or after < 0:
-            raise ValueError("run and after must be >= 0")
-        with self._lock:
-            if run:
-                self._empty_pages[audience_id] = (after, run)
-            else:
-                self._empty_pages.pop(audience_id, None)
-
-    def end_scans_after(self, pages: int | None, audience_id: str | None = None) -> None:
-        """Scans (of ``audience_id``, or of any audience) end with ``"_next": ""`` after ``pages``
-        pages although members remain (``total`` still counts them all); None turns it off."""
-        if pages is not None and pages < 1:
-            raise ValueError("pages must be >= 1 (or None)")
-        with self._lock:
-            if pages is None:
-                self._end_after.pop(audience_id, None)
-            else:
-                self._end_after[audience_id] = pages
-
-    def total_offset(self, delta: int, audience_id: str | None = None) -> None:
-        """Scan pages report ``total`` = members + ``delta`` (a count that disagrees with the scan)."""
-        with self._lock:
-            if delta:
-                self._total_offset[audience_id] = delta
-            else:
-                self._total_offset.pop(audience_id, None)
-
-    def expire_tokens(self) -> None:
-        """Every scan token issued so far is refused from now on (400 ``scan token expired``), as
-        when a long scan outlives its cursor; scans started afterwards work."""
-        with self._lock:
-            self._tokens_valid_from = time.time()
-
-    def rename_user_field(self, old: str, new: str | None) -> None:
-        """Rename a user field account-wide (``new=None``: remove it): scans no longer return
-        ``old`` (asking for it in ``fields`` gives records without it) and return the values under
-        ``new`` instead; ``restore_user_fields`` undoes every rename."""
-        if new is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", new):
-            raise ValueError(f"not a field name: {new!r}")
-        with self._lock:
-            self._renamed[old] = new
-
-    def restore_user_fields(self) -> None:
-        with self._lock:
-            self._renamed.clear()
-
-    def _knob(self, knobs: dict, audience_id: str):
-        return knobs.get(audience_id, knobs.get(None))
-
-    @property
-    def requests(self) -> list[tuple[str, str, int]]:
-        """A snapshot of the (method, path without query, status) of every request so far."""
-        with self._lock:
-            return list(self._requests)
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self._requests.clear()
-
-    def _record(self, method: str, path: str, status: int) -> None:
-        with self._lock:
-            self._requests.append((method, path, status))
 
     # ------------------------------------------------------------------ handling
     def _handle(self, method: str, path: str, query: str, headers, body: bytes = b"") -> Response:
@@ -423,87 +335,11 @@ def _param(params: dict[str, list[str]], name: str) -> str | None:
     return values[-1] if values else None
 
 
-# ---------------------------------------------------------------------- CLI
-def _parse_audience(text: str) -> Audience:
-    """``ID:SLUG:POPULATION[:key=value,...]``, e.g. ``aud1:high_value:50000:seed=7,missing_id_every=100``."""
-    parts = text.split(":", 3)
-    if len(parts) < 3:
-        raise argparse.ArgumentTypeError(f"expected ID:SLUG:POPULATION[:key=value,...], got {text!r}")
-    kwargs: dict = {}
-    if len(parts) == 4 and parts[3]:
-        for item in parts[3].split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-            if key in ("name", "id_field"):
-                kwargs[key] = value
-            elif key in ("seed", "missing_id_every", "universe"):
-                kwargs[key] = int(value)
-            else:
-                raise argparse.ArgumentTypeError(f"unknown audience option {key!r}")
-    kwargs.setdefault("name", parts[1].replace("_", " ").title())
-    try:
-        return Audience(parts[0], parts[1], population=int(parts[2]), **kwargs)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sandbox.lytics_server", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8282)
-    ap.add_argument(
-        "--token", default=os.environ.get("LYTICS_SANDBOX_TOKEN"), help="default: $LYTICS_SANDBOX_TOKEN"
-    )
-    ap.add_argument(
-        "--audience",
-        action="append",
-        type=_parse_audience,
-        default=[],
-        metavar="ID:SLUG:POPULATION[:k=v,...]",
-        help="repeatable; options: name, seed, id_field, missing_id_every, universe",
-    )
-    ap.add_argument("--account", action="append", default=[], metavar="ACCOUNT",
-                    help=f"account number taking collect events; repeatable (default: {DEFAULT_ACCOUNT})")
-    ap.add_argument("--token-ttl", type=float, default=TOKEN_TTL, help="seconds a scan token stays valid")
-    ap.add_argument("--rate-limit", type=float, default=None, help="requests per second (default: none)")
-    ap.add_argument(
-        "--churn-every", type=float, default=0.0, help="churn every audience each N seconds (0: never)"
-    )
-    ap.add_argument("--churn-share", type=float, default=0.01, help="share of members churned each time")
-    ap.add_argument("-q", "--quiet", action="store_true", help="do not log requests")
-    args = ap.parse_args(argv)
-    if not args.token:
-        ap.error("--token (or $LYTICS_SANDBOX_TOKEN) is required")
+    """The CLI (:mod:`sandbox.lytics_cli`): ``python -m sandbox.lytics_server --help``."""
+    from sandbox.lytics_cli import main as cli_main
 
-    sandbox = LyticsSandbox(
-        args.token,
-        args.audience,
-        host=args.host,
-        port=args.port,
-        token_ttl=args.token_ttl,
-        rate_limit_per_sec=args.rate_limit,
-        verbose=not args.quiet,
-        accounts=args.account or (DEFAULT_ACCOUNT,),
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    sandbox.start()
-    try:
-        print(f"Lytics sandbox listening on {sandbox.url}", flush=True)
-        for a in args.audience:
-            print(f"  audience {a.id} ({a.slug}): {sandbox.store.count(a.id)} members", flush=True)
-        rounds = 0
-        while not stop.wait(args.churn_every or None):
-            rounds += 1
-            for a in args.audience:
-                removed, added = sandbox.store.churn(a.id, args.churn_share, seed=rounds)
-                print(f"  churn #{rounds} {a.slug}: -{len(removed)} +{len(added)}", flush=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

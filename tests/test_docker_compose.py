@@ -398,7 +398,7 @@ def test_airflow_init_migrates_creates_the_admin_and_the_braze_api_pool():
 
 def test_the_sandbox_is_an_optional_profile_serving_the_shipped_configuration():
     from sandbox.braze_cli import _parse_segment
-    from sandbox.lytics_server import _parse_audience
+    from sandbox.lytics_cli import _parse_audience
 
     for name in SANDBOX:
         service = SERVICES[name]
