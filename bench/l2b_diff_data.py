@@ -1,6 +1,6 @@
 """Streaming generation of the diff benchmark's snapshot files, for audiences too large to build in memory.
 
-`run_l2b_diff.task_prep` (10M) builds each side as one Arrow array and stores it with
+`l2b_diff_worker.task_prep` (10M) builds each side as one Arrow array and stores it with
 `write_snapshot`. At 100,000,000 members that would be ~1.4 GB per string array plus several
 temporaries; here the ids are made and written a slice of the number line at a time:
 
