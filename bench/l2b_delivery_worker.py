@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from bench.l2b_delivery_runs import API_KEY
+from bench.l2b_delivery_sandbox import API_KEY
 
 GRANTED_HEADER = "X-Bench-Granted"
 
