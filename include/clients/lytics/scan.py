@@ -9,7 +9,8 @@ lists audiences, ``GET /api/segment/{id-or-slug}`` returns one, and
 A scan survives what a long scan meets: a failed page (429, 5xx, timeout, reset) is asked
 again with the *same* ``start`` token, so the scan resumes where it was; only when Lytics says
 the token has expired does it start over, a bounded number of times. The ids are gathered in
-pyarrow chunks, never as millions of Python strings, so 10M members fit in a few hundred MB.
+pyarrow chunks, never as millions of Python strings, so 10M members fit in a few hundred MB
+(:mod:`include.clients.lytics.scan_pages`).
 
 A scan must add up before anything may use it (an incomplete scan reads as "these users left
 the audience", and the pipeline would remove them from Braze):
@@ -37,11 +38,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import orjson
 import requests
 
+from include.clients.lytics.scan_pages import (
+    IdChunks,
+    ScanEffort,
+    ScanPass,
+    is_expired,
+    page_total,
+    segment_path,
+    usable_id,
+)
 from include.common.errors import ConfigError, NotFoundError, PermanentError, TransientError
 from include.common.http import redact_url, request
 from include.common.progress import Progress
@@ -57,7 +66,6 @@ MAX_RESTARTS = 3  # scans started over after an expired start token, before givi
 MAX_EMPTY_PAGES = 25  # pages in a row with no members but a `_next` token, before the scan is declared stuck
 TOTAL_TOLERANCE_SHARE = 0.01  # members read may differ from Lytics' `total` by this share of it ...
 TOTAL_TOLERANCE_MEMBERS = 10  # ... or by this many members, whichever is larger
-_IDS_PER_CHUNK = 100_000  # ids held as Python strings before they move into one pyarrow chunk
 _AUTH_HINT = (
     "Lytics rejected the API token (password of connection lytics_default); check that it is "
     "current and that its role may read audiences."
@@ -181,8 +189,8 @@ class LyticsClient:
             raise ConfigError(f"max_empty_pages must be a positive integer, got {max_empty_pages!r}")
         if not isinstance(id_field, str) or not id_field.strip():
             raise ConfigError(f"the Lytics id field to scan must be a field name, got {id_field!r}")
-        _segment_path(segment_id)  # a bad id is a ConfigError now, not after the first request
-        effort = _Effort()
+        segment_path(segment_id)  # a bad id is a ConfigError now, not after the first request
+        effort = ScanEffort()
         began = time.monotonic()
         restarts = 0
         while True:
@@ -225,15 +233,15 @@ class LyticsClient:
                           total_last=scan.total_last, empty_pages=scan.empty_pages)
 
     def _scan_pass(self, segment_id: str, id_field: str, limit: int, max_empty_pages: int,
-                   effort: _Effort) -> _Pass:
+                   effort: ScanEffort) -> ScanPass:
         """One pass from the first page to the last (the one whose ``_next`` is empty)."""
-        ids = _IdChunks()
+        ids = IdChunks()
         seen = skipped = 0
         empty = empty_run = 0
         total_first = total_last = None
         pass_began = effort.pages
         start = ""
-        path = _segment_path(segment_id) + "/scan"
+        path = segment_path(segment_id) + "/scan"
         while True:
             params = {"limit": limit, "fields": id_field}
             if start:
@@ -250,7 +258,7 @@ class LyticsClient:
                 )
             first_page = effort.pages == pass_began
             effort.pages += 1
-            total = _total(body.get("total"))
+            total = page_total(body.get("total"))
             if first_page:
                 total_first = total
             total_last = total
@@ -259,13 +267,13 @@ class LyticsClient:
             shown.set(seen)
             for member in data:
                 seen += 1
-                value = _usable_id(member.get(id_field) if isinstance(member, dict) else None)
+                value = usable_id(member.get(id_field) if isinstance(member, dict) else None)
                 if value is None:
                     skipped += 1
                 else:
                     ids.append(value)
             if not next_start:  # only an empty `_next` ends a scan; an empty page does not
-                return _Pass(ids.unique_sorted(), seen, skipped, total_first, total_last, empty)
+                return ScanPass(ids.unique_sorted(), seen, skipped, total_first, total_last, empty)
             if data:
                 empty_run = 0
                 if next_start == start:  # the same page again: a server bug that would loop forever
@@ -295,7 +303,7 @@ class LyticsClient:
 
         def ours(resp: requests.Response) -> bool:
             # Answers we word ourselves instead of the generic classification of request().
-            return (resp.status_code == 404 and audience is not None) or (expired_start and _is_expired(resp))
+            return (resp.status_code == 404 and audience is not None) or (expired_start and is_expired(resp))
 
         def attempt() -> requests.Response:
             try:
@@ -329,93 +337,3 @@ class LyticsClient:
         if status == 400:
             raise _TokenExpired()
         return body
-
-
-@dataclass
-class _Pass:
-    """What one complete pass read."""
-
-    ids: pa.Array
-    seen: int
-    skipped: int
-    total_first: int | None
-    total_last: int | None
-    empty_pages: int
-
-
-@dataclass
-class _Effort:
-    """Counters that run across restarted passes."""
-
-    pages: int = 0
-    retries: int = 0
-
-    def count_retry(self, attempt: int, exc: TransientError, wait: float) -> None:
-        self.retries += 1
-
-
-class _IdChunks:
-    """Ids gathered into pyarrow chunks of ~100k: 10M Python str objects would take ~0.7 GB,
-    as one pyarrow array they take 10M x (id length + 8 bytes of offset)."""
-
-    def __init__(self) -> None:
-        self._buffer: list[str] = []
-        self._chunks: list = []
-
-    def append(self, value: str) -> None:
-        self._buffer.append(value)
-        if len(self._buffer) >= _IDS_PER_CHUNK:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-
-        if self._buffer:
-            self._chunks.append(pa.array(self._buffer, type=pa.large_string()))
-            self._buffer = []
-
-    def unique_sorted(self) -> pa.Array:
-        """All ids once each, ascending (byte order, which is code point order for UTF-8)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        self._flush()
-        chunks, self._chunks = self._chunks, []
-        ids = pa.chunked_array(chunks, type=pa.large_string()).combine_chunks()
-        del chunks
-        # Sort, then drop each id equal to its predecessor: pc.unique's hash table needs ~7x the
-        # ids' size (1.1 GB for 10M ids), the sort ~2.5x, and is faster too (0.8 s vs 4 s for 10M).
-        ids = ids.take(pc.array_sort_indices(ids))
-        if len(ids) < 2:
-            return ids
-        differs = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
-        return ids.filter(pa.concat_arrays([pa.array([True]), differs]))
-
-
-def _segment_path(id_or_slug: str) -> str:
-    """The audience's URL path; the id is quoted so that no id can change the endpoint."""
-    if not isinstance(id_or_slug, str) or not id_or_slug.strip():
-        raise ConfigError(f"Lytics audience id/slug must be a non-empty string, got {id_or_slug!r}")
-    return f"/api/segment/{quote(id_or_slug.strip(), safe='')}"
-
-
-def _total(value: object) -> int | None:
-    """A page's ``total`` when it is a member count, else None (not reported, or not a number)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
-def _usable_id(value: object) -> str | None:
-    """The id as text, or None when there is none to take (missing, null, empty, a list...)."""
-    if isinstance(value, str):
-        return value if value.strip() else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def _is_expired(resp: requests.Response) -> bool:
-    """Lytics answers an expired ``start`` token with 400 and a message naming the expiry."""
-    return resp.status_code == 400 and "expired" in resp.text.lower()
-

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import requests
 
-import include.clients.lytics.scan as lytics_scan
+import include.clients.lytics.scan_pages as scan_pages
 from include.clients.lytics.scan import (
     MAX_EMPTY_PAGES,
     MAX_RESTARTS,
@@ -111,13 +111,13 @@ def test_scan_by_slug_and_of_an_empty_audience(sb):
 
 
 def test_ids_across_many_pyarrow_chunks(sb, monkeypatch):
-    monkeypatch.setattr(lytics_scan, "_IDS_PER_CHUNK", 64)  # ~37 chunks instead of one
+    monkeypatch.setattr(scan_pages, "IDS_PER_CHUNK", 64)  # ~37 chunks instead of one
     assert_exact(client(sb).scan_ids(MAIN.id), sb, MAIN)
 
 
 def test_duplicate_and_unordered_ids_come_out_unique_and_sorted(monkeypatch):
-    monkeypatch.setattr(lytics_scan, "_IDS_PER_CHUNK", 3)
-    chunks = lytics_scan._IdChunks()
+    monkeypatch.setattr(scan_pages, "IDS_PER_CHUNK", 3)
+    chunks = scan_pages.IdChunks()
     for value in ["u9", "u1", "u5", "u1", "é", "u9", "u10", "a", "u5"]:
         chunks.append(value)
     assert chunks.unique_sorted().to_pylist() == ["a", "u1", "u10", "u5", "u9", "é"]
