@@ -11,6 +11,8 @@ command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)  # benchmarks: the reference chain
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)  # the native row writer (fast_rows.c)
+[ -f /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)  # the local stack's metadata DB  # the UI's browser test (Playwright with executable_path)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
@@ -31,6 +33,12 @@ if [ -z "$PY" ]; then
   exit 1
 fi
 
+if ! "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+  echo "==> apt-get install python3.11-dev (Python headers, for the native row writer)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3.11-dev >/dev/null || true
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $PY"
   "$PY" -m venv .venv
@@ -39,11 +47,18 @@ fi
 # pins above are the whole dependency set), so `include` and `braze_lytics` import everywhere
 # without PYTHONPATH.
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+# setup.py and fast_rows.c too: `pip install -e .` compiles the native row writer in place, so a
+# change to the C source must rebuild it.
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml setup.py include/segments_to_lytics/fast_rows.c \
+  | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> pip install -r requirements-dev.txt, then this project (pip install --no-deps -e .)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements-dev.txt
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
+fi
+if ! .venv/bin/python -c "import include.segments_to_lytics._fast_rows" 2>/dev/null; then
+  echo "WARNING: the native row writer (include/segments_to_lytics/fast_rows.c) did not build - is gcc" \
+       "with zlib headers (zlib1g-dev) installed? Shaping falls back to Python (same output, ~3x slower)." >&2
 fi

@@ -449,16 +449,25 @@ def test_env_example_documents_every_variable_without_secrets():
 def test_dockerfile_builds_the_pinned_airflow_with_production_requirements_only():
     instructions = [ln for ln in DOCKERFILE.splitlines() if ln and not ln.startswith("#")]
     froms = [ln for ln in instructions if ln.startswith("FROM ")]
-    assert froms == [f"FROM apache/airflow:{pinned('apache-airflow')}-python3.11"]
-    apt = next(ln for ln in DOCKERFILE.split("RUN ") if "apt-get install" in ln)
-    assert "gnupg" in apt and "openssh-client" in apt and "rm -rf /var/lib/apt/lists/*" in apt
-    assert "pip install --no-cache-dir -r /opt/airflow/requirements.txt" in DOCKERFILE
-    assert "COPY --chown=airflow:0 requirements.txt " in DOCKERFILE
+    image = f"apache/airflow:{pinned('apache-airflow')}-python3.11"
+    assert froms == [f"FROM {image} AS wheel", f"FROM {image}"]
+    build, final = DOCKERFILE.split(f"\nFROM {image}\n")
+    # Stage 1 compiles the project's wheel with its native row writer, and fails without it.
+    assert "gcc" in build and "zlib1g-dev" in build and "pip wheel --no-cache-dir --no-deps -w /opt/airflow/wheels ." in build
+    assert "_fast_rows." in build and "sys.exit(not any(" in build
+    for source in ("pyproject.toml setup.py", "include", "plugins"):
+        assert re.search(rf"^COPY --chown=airflow:0 {source} ", build, re.M), source
+        assert all((REPO / s).exists() for s in source.split())
+    # Stage 2, the image: no compilers, production pins, the wheel, the DAGs.
+    apt = next(ln for ln in final.split("RUN ") if "apt-get install" in ln)
+    assert "gnupg" in apt and "openssh-client" in apt and "rm -rf /var/lib/apt/lists/*" in apt and "gcc" not in apt
+    assert "pip install --no-cache-dir -r /opt/airflow/requirements.txt" in final
+    assert "COPY --chown=airflow:0 requirements.txt " in final
     assert "requirements-dev" not in "\n".join(instructions)  # mentioned in a comment only
-    assert "pip install --no-cache-dir --no-deps ." in DOCKERFILE
-    for source in ("pyproject.toml", "include", "plugins", "dags"):
-        assert re.search(rf"^COPY --chown=airflow:0 {source} ", DOCKERFILE, re.M), source
-        assert (REPO / source).exists()
+    assert "COPY --from=wheel --chown=airflow:0 /opt/airflow/wheels /opt/airflow/wheels" in final
+    assert "pip install --no-cache-dir --no-deps /opt/airflow/wheels/*.whl" in final
+    assert "from include.segments_to_lytics._fast_rows import RowWriter" in final
+    assert re.search(r"^COPY --chown=airflow:0 dags ", final, re.M) and (REPO / "dags").exists()
     assert re.search(r"^USER airflow$", DOCKERFILE, re.M) and instructions[-1].startswith("RUN mkdir")
     if (REPO / "plugins" / "braze_lytics" / "plugin.py").exists():
         assert 'from braze_lytics.plugin import *' in DOCKERFILE  # the UI plugin is loaded

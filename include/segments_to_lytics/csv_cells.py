@@ -67,7 +67,7 @@ def compile_row(paths: list[tuple[str, ...]], timestamp_value: str, id_index: in
         cells.append(v)
     lines.append(f"    return ','.join([{', '.join(cells)}, TS]), v{id_index}")
     namespace = {"EMPTY": {}, "Q": _quoted_cell, "QS": _quote_always, "NEEDS": NEEDS_QUOTES,
-                 "TS": quote(timestamp_value)}
+                 "TS": quote(timestamp_value) + "\r\n"}
     exec("\n".join(lines), namespace)  # noqa: S102 - code built above from literals only
     return namespace["row"]
 

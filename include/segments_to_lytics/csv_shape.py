@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 
+from include.common import settings
 from include.common.errors import ConfigError
 from include.common.progress import Progress
 from include.common.scratch import open_private, private_dirs
@@ -56,6 +57,11 @@ from include.segments_to_lytics.quarantine_file import (
     quarantine_errors,
     rejected_text,
 )
+
+try:  # built by `pip install .` (setup.py, optional: without a compiler shaping stays in Python)
+    from include.segments_to_lytics._fast_rows import RowWriter as _RowWriter
+except ImportError:
+    _RowWriter = None
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +141,13 @@ class CsvShaper:
         """
         stats = ShapeStats()
         part = PartRows(rows_path)
-        loads, decode_error, make_row, digest = orjson.loads, orjson.JSONDecodeError, self._row, id_digest
-        id_path = self._id_path
-        id_key = id_path[0] if len(id_path) == 1 else None
+        native = self._native_rows()
         last_source = None
         n = read = 0
         with (QuarantineRows(rejects_path) as quarantine, open_private(rows_path, "wb") as fh,
               RowSpill(rows_path) as spill):
-            add_digest, add_length, add_line = spill.digests.append, spill.lengths.append, spill.lines.append
+            python_rows = self._python_rows(quarantine, spill, stats)
+            digests, lengths, lines = spill.digests.frombytes, spill.lengths.frombytes, spill.lines.extend
             out: list[bytes] = []
             add_out = out.append
             for source, numbers, payloads in blocks:
@@ -150,44 +155,28 @@ class CsvShaper:
                     part.sources.append((n, source))
                     last_source = source
                 read += len(payloads)
-                for line_no, payload in zip(numbers, payloads):  # noqa: B905 - same length by construction
-                    if type(payload) is bytes:
-                        try:
-                            obj = loads(payload)
-                        except decode_error as exc:
-                            if is_blank_line(payload):
-                                read -= 1
-                            else:
-                                quarantine.add(source, line_no, f"invalid JSON: {exc}", rejected_text(payload), stats)
-                            continue
-                        if type(obj) is not dict:
-                            quarantine.add(source, line_no, "not a JSON object", rejected_text(payload), stats)
-                            continue
-                    elif type(payload) is dict:
-                        obj = payload
-                    elif type(payload) is str:
-                        quarantine.add(source, line_no, "wrong number of fields for the header", payload, stats)
-                        continue
-                    else:  # the reader's RejectedRecord: refused before parsing (e.g. longer than the limit)
-                        quarantine.add(source, line_no, payload.reason, payload.excerpt, stats)
-                        continue
-                    value = obj.get(id_key) if id_key is not None else lookup(obj, id_path)
-                    if type(value) is not str or not value or value.isspace():
-                        problem = self._id_problem(value)
-                        if problem:
-                            raw = rejected_text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
-                            quarantine.add(source, line_no, problem, raw, stats)
-                            continue
-                    line, key = make_row(obj)
-                    data = line.encode()
-                    add_digest(digest(key))
-                    add_length(len(data) + 2)
-                    add_line(line_no)
-                    add_out(data)
+                if native is None:
+                    blank, written = python_rows(source, numbers, payloads, out)
+                    read -= blank
+                    n += written
+                else:  # native rows up to the first line it leaves to Python, that line, and on
+                    i, count = 0, len(payloads)
+                    while i < count:
+                        stop, rows, row_digests, row_lengths = native(payloads, i)
+                        if stop > i:
+                            add_out(rows)
+                            digests(row_digests)
+                            lengths(row_lengths)
+                            lines(numbers[i:stop])
+                            n += stop - i
+                            i = stop
+                        if i < count:
+                            blank, written = python_rows(source, numbers[i:i + 1], payloads[i:i + 1], out)
+                            read -= blank
+                            n += written
+                            i += 1
                 if out:
-                    n += len(out)
-                    add_out(b"")
-                    fh.write(b"\r\n".join(out))
+                    fh.write(b"".join(out))
                     out.clear()
                     if spill.due():
                         spill.flush()
@@ -196,6 +185,69 @@ class CsvShaper:
         stats.rows_read = read
         stats.rows_written = part.rows = n
         return stats, part
+
+    def _python_rows(self, quarantine: QuarantineRows, spill: RowSpill, stats: ShapeStats):
+        """`rows(source, numbers, payloads, out) -> (blank lines, rows written)`: records shaped
+        in Python, rows (with CR LF) appended to `out`, rejects to `quarantine`. Every record the
+        native writer leaves (and all of them without it) comes here."""
+        loads, decode_error, make_row, digest = orjson.loads, orjson.JSONDecodeError, self._row, id_digest
+        id_path = self._id_path
+        id_key = id_path[0] if len(id_path) == 1 else None
+        add_digest, add_length, add_line = spill.digests.append, spill.lengths.append, spill.lines.append
+        add = quarantine.add
+
+        def rows(source: str, numbers, payloads: list, out: list[bytes]) -> tuple[int, int]:
+            blank = written = 0
+            add_out = out.append
+            for line_no, payload in zip(numbers, payloads):  # noqa: B905 - same length by construction
+                if type(payload) is bytes:
+                    try:
+                        obj = loads(payload)
+                    except decode_error as exc:
+                        if is_blank_line(payload):
+                            blank += 1
+                        else:
+                            add(source, line_no, f"invalid JSON: {exc}", rejected_text(payload), stats)
+                        continue
+                    if type(obj) is not dict:
+                        add(source, line_no, "not a JSON object", rejected_text(payload), stats)
+                        continue
+                elif type(payload) is dict:
+                    obj = payload
+                elif type(payload) is str:
+                    add(source, line_no, "wrong number of fields for the header", payload, stats)
+                    continue
+                else:  # the reader's RejectedRecord: refused before parsing (e.g. longer than the limit)
+                    add(source, line_no, payload.reason, payload.excerpt, stats)
+                    continue
+                value = obj.get(id_key) if id_key is not None else lookup(obj, id_path)
+                if type(value) is not str or not value or value.isspace():
+                    problem = self._id_problem(value)
+                    if problem:
+                        raw = rejected_text(payload) if type(payload) is bytes else orjson.dumps(obj).decode()
+                        add(source, line_no, problem, raw, stats)
+                        continue
+                line, key = make_row(obj)
+                data = line.encode()
+                add_digest(digest(key))
+                add_length(len(data))
+                add_line(line_no)
+                add_out(data)
+                written += 1
+            return blank, written
+
+        return rows
+
+    def _native_rows(self):
+        """The native writer's `rows(payloads, start)` for NDJSON records (fast_rows.c), or None:
+        not built (a deployment that mounts include/ without installing), turned off
+        (BRAZE_LYTICS_NATIVE_SHAPING=0), or dashboard CSV input."""
+        if not self.nested or _RowWriter is None or not settings.native_shaping():
+            return None
+        try:
+            return _RowWriter(self._paths, quote(self.timestamp_value).encode(), self.id_index).rows
+        except ValueError:  # e.g. two columns read the same field: the Python path handles it
+            return None
 
 
 def _rebuild_shaper(args: dict) -> CsvShaper:

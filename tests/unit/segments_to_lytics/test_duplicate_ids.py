@@ -224,14 +224,15 @@ def test_find_duplicates_spill_files_are_private_and_removed(tmp_path, monkeypat
 def test_spill_files_are_removed_when_a_worker_fails(tmp_path, monkeypatch):
     export = braze_zip(tmp_path / "export.zip", many_files())
     calls = []
+    flush = duplicate_ids.RowSpill.flush
 
-    def failing_digest(key):
-        calls.append(key)
-        if len(calls) > 150:
+    def failing_flush(self):  # both row writers (native and Python) spill through here
+        calls.append(1)
+        if len(calls) > 3:
             raise ValueError("worker failed mid-part")
-        return id_digest(key)
+        flush(self)
 
-    monkeypatch.setattr(csv_shape, "id_digest", failing_digest)
+    monkeypatch.setattr(duplicate_ids.RowSpill, "flush", failing_flush)
     monkeypatch.setattr(duplicate_ids, "SPILL_ROWS", 8)
     for workers in (1, 2):
         with pytest.raises(ValueError, match="worker failed"):
