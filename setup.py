@@ -6,6 +6,8 @@ build warns and goes on, and shaping runs in pure Python - same bytes, slower.
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("include.segments_to_lytics._fast_rows",
-                             ["include/segments_to_lytics/fast_rows.c"],
-                             libraries=["z"], extra_compile_args=["-O2"], optional=True)])
+NATIVE = "include/segments_to_lytics"
+
+setup(ext_modules=[Extension("include.segments_to_lytics._fast_rows", [f"{NATIVE}/fast_rows.c"],
+                             depends=[f"{NATIVE}/fast_rows_json.h"], libraries=["z"],
+                             extra_compile_args=["-O2"], optional=True)])

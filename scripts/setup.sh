@@ -49,7 +49,7 @@ fi
 stamp=.venv/.requirements.sha256
 # setup.py and fast_rows.c too: `pip install -e .` compiles the native row writer in place, so a
 # change to the C source must rebuild it.
-want=$(cat requirements.txt requirements-dev.txt pyproject.toml setup.py include/segments_to_lytics/fast_rows.c \
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml setup.py include/segments_to_lytics/fast_rows.c include/segments_to_lytics/fast_rows_json.h \
   | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> pip install -r requirements-dev.txt, then this project (pip install --no-deps -e .)"
