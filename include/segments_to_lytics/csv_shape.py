@@ -18,7 +18,6 @@ Cells and the per-record row function are in `csv_cells`, the quarantine file in
 from __future__ import annotations
 
 import contextlib
-import csv
 import itertools
 import logging
 import os
@@ -55,6 +54,7 @@ from include.segments_to_lytics.quarantine_file import (
     QuarantineRows,
     join_quarantine,
     quarantine_errors,
+    quarantine_line,
     rejected_text,
 )
 
@@ -260,12 +260,23 @@ Unit = tuple[Path, "list[str] | None"]  # an export file and the zip members to 
 def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: dict,
                 rows_path: Path, rejects_path: Path, label: str = "Shaping") -> tuple[ShapeStats, PartRows]:
     blocks = itertools.chain.from_iterable(iter_record_blocks(path, kind, members, **read_options)
-                                           for path, members in units)
+                                           for path, members in _one_unit_per_file(units))
     progress = Progress(log, label, total=None, unit="records")
     try:
         return shaper.write_part(blocks, rows_path, rejects_path, progress)
     finally:
         progress.done()
+
+
+def _one_unit_per_file(units: list[Unit]) -> list[Unit]:
+    """Neighbouring units of one zip as one: the zip's directory is read once, not once per member."""
+    merged: list[Unit] = []
+    for path, members in units:
+        if merged and merged[-1][0] == path and members is not None and merged[-1][1] is not None:
+            merged[-1] = (path, [*merged[-1][1], *members])
+        else:
+            merged.append((path, members))
+    return merged
 
 
 def _work_groups(exports: list[Path], workers: int) -> list[list[Unit]]:
@@ -326,12 +337,11 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
             join_quarantine(q_tmp, [p[1] for p in paths])
             if drops:
                 with open(q_tmp, "a", encoding="utf-8", newline="") as qfh:
-                    writer = csv.writer(qfh, lineterminator="\r\n")
                     for d in iter_duplicates(parts, drops, shaper.id_index):
                         record = orjson.dumps(dict(zip(shaper.header, d.record, strict=True))).decode()
-                        writer.writerow([d.source, d.line,
-                                         f"duplicate {shaper.id_field} {d.key!r}: the first occurrence ({d.first_source} "
-                                         f"line {d.first_line}, output row {d.first_output_row}) is kept", record])
+                        qfh.write(quarantine_line(
+                            d.source, d.line, f"duplicate {shaper.id_field} {d.key!r}: the first occurrence "
+                            f"({d.first_source} line {d.first_line}, output row {d.first_output_row}) is kept", record))
             if stats.rows_quarantined:
                 os.replace(q_tmp, quarantine_path)
             else:

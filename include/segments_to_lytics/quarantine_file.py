@@ -9,7 +9,6 @@ the file is a `StorageError` that says which setting to change, never a bare `OS
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import shutil
 from collections.abc import Iterator
@@ -66,18 +65,24 @@ def rejected_text(line: bytes) -> str:
     return text
 
 
+def quarantine_line(source: str, line: int, reason: str, record: str) -> str:
+    """One quarantine row with its CR LF, quoted as csv.writer would (QUOTE_MINIMAL), several times
+    faster on long records: csv.writer looks at a record character by character."""
+    return f"{quote(source)},{line},{quote(reason)},{quote(record)}\r\n"
+
+
 class QuarantineRows:
     """Rejected rows of one part with their reasons, written beside, never into, the output."""
 
     def __init__(self, path: Path):
         self._fh = open_private(path, "w", encoding="utf-8", newline="")
-        self._writer = csv.writer(self._fh, lineterminator="\r\n")
+        self._write = self._fh.write
 
     def __enter__(self) -> QuarantineRows:
         return self
 
     def add(self, source: str, line: int, reason: str, record: str, stats: ShapeStats) -> None:
-        self._writer.writerow([source, line, reason, record])
+        self._write(quarantine_line(source, line, reason, record))
         # Count by kind of reason, not by the varying detail after ':' or ' (' (positions, sizes).
         stats.reasons[reason.split(":", 1)[0].split(" (", 1)[0]] += 1
         stats.rows_rejected += 1
