@@ -33,6 +33,16 @@ import requests
 import yaml
 
 from sandbox import stack_procs, stack_settings
+from sandbox.stack_airflow import (
+    airflow_env,
+    api_token,
+    expected_dags,
+    health,
+    migrate_db,
+    start_airflow,
+    write_env_file,
+    write_passwords_file,
+)
 from sandbox.stack_services import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -43,19 +53,11 @@ from sandbox.stack_services import (
     SANDBOX_PROCS,
     Layout,
     StackError,
-    airflow_env,
-    api_token,
-    expected_dags,
-    health,
     load_secrets,
-    migrate_db,
     prepare_postgres,
-    start_airflow,
     start_postgres,
     start_sandboxes,
     wait_until,
-    write_env_file,
-    write_passwords_file,
 )
 
 DEFAULT_STATE_DIR = REPO / ".stack"
