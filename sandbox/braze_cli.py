@@ -22,6 +22,7 @@ from sandbox.braze_exports import RATE_LIMIT, USERS_PER_FILE
 from sandbox.braze_server import BrazeSandbox
 from sandbox.braze_track import MAX_TRACK_OBJECTS, TRACK_RATE_LIMIT, TRACK_RATE_WINDOW
 from sandbox.braze_users import SegmentSpec
+from sandbox.cli_options import flag, typed_options
 
 __all__ = ["main"]
 
@@ -31,22 +32,9 @@ def _parse_segment(text: str) -> SegmentSpec:
     parts = text.split(":", 2)
     if len(parts) < 2:
         raise argparse.ArgumentTypeError(f"expected ID:SIZE[:key=value,...], got {text!r}")
-    kwargs: dict = {}
-    if len(parts) == 3 and parts[2]:
-        for item in parts[2].split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-            if key == "name":
-                kwargs[key] = value
-            elif key == "missing_email_share":
-                kwargs[key] = float(value)
-            elif key in ("seed", "missing_id_every", "malformed_every", "duplicate_every"):
-                kwargs[key] = int(value)
-            elif key == "realistic":
-                kwargs[key] = value.lower() in ("1", "true", "yes")
-            else:
-                raise argparse.ArgumentTypeError(f"unknown segment option {key!r}")
+    kwargs = typed_options(parts[2] if len(parts) == 3 else "", "segment",
+                           {"name": str, "missing_email_share": float, "seed": int, "missing_id_every": int,
+                            "malformed_every": int, "duplicate_every": int, "realistic": flag})
     try:
         return SegmentSpec(parts[0], int(parts[1]), **kwargs)
     except ValueError as e:

@@ -16,6 +16,7 @@ import sys
 import threading
 
 from sandbox import lytics_server
+from sandbox.cli_options import typed_options
 from sandbox.lytics_collect import DEFAULT_ACCOUNT
 from sandbox.lytics_members import Audience
 from sandbox.lytics_server import TOKEN_TTL, LyticsSandbox
@@ -28,18 +29,8 @@ def _parse_audience(text: str) -> Audience:
     parts = text.split(":", 3)
     if len(parts) < 3:
         raise argparse.ArgumentTypeError(f"expected ID:SLUG:POPULATION[:key=value,...], got {text!r}")
-    kwargs: dict = {}
-    if len(parts) == 4 and parts[3]:
-        for item in parts[3].split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-            if key in ("name", "id_field"):
-                kwargs[key] = value
-            elif key in ("seed", "missing_id_every", "universe"):
-                kwargs[key] = int(value)
-            else:
-                raise argparse.ArgumentTypeError(f"unknown audience option {key!r}")
+    kwargs = typed_options(parts[3] if len(parts) == 4 else "", "audience",
+                           {"name": str, "id_field": str, "seed": int, "missing_id_every": int, "universe": int})
     kwargs.setdefault("name", parts[1].replace("_", " ").title())
     try:
         return Audience(parts[0], parts[1], population=int(parts[2]), **kwargs)
