@@ -136,8 +136,10 @@ class CsvShaper:
         payload is an NDJSON line (bytes; blank ones are skipped), a CSV row (dict), for a CSV row
         with the wrong field count its raw text (str), or a record the reader refused (too long,
         ...) with its reason and a short excerpt. Everything that is not a valid record goes to
-        quarantine with its reason. This is the hot loop (millions of records): one flat loop,
-        locals instead of attributes, one write per block.
+        quarantine with its reason. This is the hot loop (millions of records): NDJSON lines go
+        to the native row writer (`fast_rows.c`, when built) up to the first line it leaves to the
+        Python path (`_python_rows`: invalid, no id, or a value it does not write byte for byte as
+        Python does), that line to Python, and on; one write per block.
         """
         stats = ShapeStats()
         part = PartRows(rows_path)
