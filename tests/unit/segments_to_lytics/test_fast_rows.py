@@ -291,3 +291,28 @@ def test_columns_reading_one_field_twice_fall_back_to_python():
 def test_dashboard_csv_input_is_shaped_in_python(tmp_path: Path):
     shaper = CsvShaper({"id": "user_id"}, id_field="user_id", timestamp_column="ts", timestamp_value=TS, nested=False)
     assert shaper._native_rows() is None
+
+
+@pytest.mark.parametrize("setup", ["native", "off", "not built"])
+def test_the_log_says_which_row_writer_shaped_the_export(tmp_path, monkeypatch, caplog, setup):
+    import zipfile
+
+    from include.segments_to_lytics import csv_shape
+
+    lines = realistic_lines(500)
+    export = tmp_path / "e.zip"
+    with zipfile.ZipFile(export, "w") as zf:
+        zf.writestr("x-0.json", b"\n".join(lines) + b"\n")
+    if setup == "off":
+        monkeypatch.setenv("BRAZE_LYTICS_NATIVE_SHAPING", "0")
+    elif setup == "not built":
+        monkeypatch.setattr(csv_shape, "_RowWriter", None)
+    caplog.set_level("INFO", logger=csv_shape.__name__)
+    stats = csv_shape.shape_export(export, make_shaper(PLAIN_COLUMNS), tmp_path / "o.csv", tmp_path / "q.csv")
+    text = caplog.text
+    if setup == "native":
+        python = stats.rows_written + stats.rows_duplicate - stats.rows_native
+        assert stats.rows_native > 450 and f"Rows: {stats.rows_native} by the native row writer, {python} by" in text
+    else:
+        assert stats.rows_native == 0
+        assert ("turned off (BRAZE_LYTICS_NATIVE_SHAPING=0)" if setup == "off" else "is not built here") in text
