@@ -316,3 +316,20 @@ def test_the_log_says_which_row_writer_shaped_the_export(tmp_path, monkeypatch, 
     else:
         assert stats.rows_native == 0
         assert ("turned off (BRAZE_LYTICS_NATIVE_SHAPING=0)" if setup == "off" else "is not built here") in text
+
+
+def test_escaped_and_spaced_forms_of_realistic_lines_are_shaped_as_in_python(any_writer):
+    """The same users written by another JSON encoder: every non-ASCII character as a \\u escape
+    (emoji as surrogate pairs), or with spaces after every separator."""
+    import json
+
+    writer, shaper, columns = any_writer
+    native = 0
+    for line in realistic_lines(800):
+        obj = orjson.loads(line)
+        for variant in (json.dumps(obj, ensure_ascii=True).encode(),
+                        json.dumps(obj, ensure_ascii=False, indent=1).encode().replace(b"\n", b" ")):
+            got = native_row(writer, variant)
+            assert got is None or got == python_row(shaper, variant), variant
+            native += got is not None
+    assert native > (1400 if columns == "plain" else 300)
