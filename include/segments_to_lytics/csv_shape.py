@@ -287,6 +287,21 @@ def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: d
         progress.done()
 
 
+def _end_with_parent(parent: int) -> None:
+    """Pool initializer: a shaping worker exits (within ~0.5 s) once the process that started it is
+    gone - a task SIGKILLed by Airflow or the OOM killer - instead of shaping on and then waiting
+    forever as an orphan, holding a core while the cleared task runs again."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def _one_unit_per_file(units: list[Unit]) -> list[Unit]:
     """Neighbouring units of one zip as one: the zip's directory is read once, not once per member."""
     merged: list[Unit] = []
@@ -332,7 +347,8 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
             from concurrent.futures import ProcessPoolExecutor
 
             # fork: workers start in milliseconds and inherit the imported modules.
-            with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork")) as pool:
+            with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork"),
+                                     initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_shape_part, shaper, kind, g, read_options, *p,
                                        label=f"Shaping (worker {i + 1} of {len(groups)})")
                            for i, (g, p) in enumerate(zip(groups, paths, strict=True))]
