@@ -287,6 +287,30 @@ def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: d
         progress.done()
 
 
+def _shape_in_workers(shaper: CsvShaper, kind: str, groups: list[list[Unit]], read_options: dict,
+                      paths: list[tuple[Path, Path]]) -> list[tuple[ShapeStats, PartRows]]:
+    """Each group in a forked worker process (they start in milliseconds and inherit the imported
+    modules). The first failure - a worker's, or the task being stopped (Airflow's SIGTERM raises
+    here) - stops the other workers at once instead of letting them finish their parts."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    before = set(multiprocessing.active_children())
+    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork"),
+                             initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
+        try:
+            futures = [pool.submit(_shape_part, shaper, kind, g, read_options, *p,
+                                   label=f"Shaping (worker {i + 1} of {len(groups)})")
+                       for i, (g, p) in enumerate(zip(groups, paths, strict=True))]
+            _import_numpy_meanwhile()  # needed for the duplicate check; the parent is idle now
+            wait(futures, return_when=FIRST_EXCEPTION)
+            return [f.result() for f in futures]  # raises the first failure
+        except BaseException:
+            for worker in set(multiprocessing.active_children()) - before:
+                worker.terminate()
+            raise
+
+
 def _end_with_parent(parent: int) -> None:
     """Pool initializer: a shaping worker exits (within ~0.5 s) once the process that started it is
     gone - a task SIGKILLed by Airflow or the OOM killer - instead of shaping on and then waiting
@@ -343,17 +367,7 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
         if len(groups) == 1:
             results = [_shape_part(shaper, kind, groups[0], read_options, *paths[0])]
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # fork: workers start in milliseconds and inherit the imported modules.
-            with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork"),
-                                     initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(_shape_part, shaper, kind, g, read_options, *p,
-                                       label=f"Shaping (worker {i + 1} of {len(groups)})")
-                           for i, (g, p) in enumerate(zip(groups, paths, strict=True))]
-                _import_numpy_meanwhile()  # needed for the duplicate check; the parent is idle now
-                results = [f.result() for f in futures]
+            results = _shape_in_workers(shaper, kind, groups, read_options, paths)
         stats = ShapeStats()
         for part_stats, _ in results:
             stats.rows_read += part_stats.rows_read

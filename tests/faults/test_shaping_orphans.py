@@ -75,3 +75,62 @@ def test_shaping_workers_end_when_their_task_process_is_killed(tmp_path):
         for w in workers:  # a failing run leaves no orphan behind either
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+SLOW_SHAPE = textwrap.dedent("""
+    import signal, sys, time
+    from pathlib import Path
+    from include.segments_to_lytics import csv_shape
+
+    def stopped(*_):  # what Airflow's task runner does on SIGTERM: raise in the task
+        raise SystemExit("task stopped")
+
+    signal.signal(signal.SIGTERM, stopped)
+    write_part = csv_shape.CsvShaper.write_part
+
+    def slow(self, blocks, *args, **kwargs):  # ~10 s per part: far longer than the stop may take
+        def paced(blocks):
+            for block in blocks:
+                time.sleep(0.05)
+                yield block
+        return write_part(self, paced(blocks), *args, **kwargs)
+
+    csv_shape.CsvShaper.write_part = slow
+    shaper = csv_shape.CsvShaper({"id": "external_id"}, id_field="external_id", timestamp_column="ts",
+                                 timestamp_value="2026-11-23T00:00:00Z")
+    out = Path(sys.argv[2])
+    csv_shape.shape_export(Path(sys.argv[1]), shaper, out / "o.csv", out / "q.csv", workers=2)
+""")
+
+
+def test_a_stopped_task_stops_its_shaping_workers_at_once(tmp_path):
+    """Airflow stops a running task (cleared, marked failed) with SIGTERM, which raises in the task:
+    the workers are stopped with it, not left to finish their parts first."""
+    lines = list(export_lines(SegmentSpec("stop", 40_000, realistic=True), None))
+    export = tmp_path / "export.zip"
+    with zipfile.ZipFile(export, "w", zipfile.ZIP_DEFLATED) as zf:
+        for n in range(8):
+            zf.writestr(f"stop-{n}.json", b"".join(lines[n * 5000:(n + 1) * 5000]))
+    task = subprocess.Popen([sys.executable, "-c", SLOW_SHAPE, str(export), str(tmp_path)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _children(task.pid)) < 2:
+            assert task.poll() is None and time.monotonic() < deadline, "the shaping workers never started"
+            time.sleep(0.01)
+        time.sleep(0.5)
+        os.kill(task.pid, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        _, err = task.communicate(timeout=30)
+        took = time.monotonic() - stopped_at
+        assert task.returncode != 0 and "task stopped" in err, err[-2000:]
+        assert took < 5, f"the task took {took:.1f} s to stop (its workers had ~10 s of work left)"
+        assert not [w for w in workers if _alive(w)]
+        assert not list(tmp_path.glob("o.csv*")), "part files left behind"
+    finally:
+        if task.poll() is None:
+            task.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
