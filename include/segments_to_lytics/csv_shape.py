@@ -304,7 +304,10 @@ def _shape_in_workers(shaper: CsvShaper, kind: str, groups: list[list[Unit]], re
                        for i, (g, p) in enumerate(zip(groups, paths, strict=True))]
             _import_numpy_meanwhile()  # needed for the duplicate check; the parent is idle now
             wait(futures, return_when=FIRST_EXCEPTION)
-            return [f.result() for f in futures]  # raises the first failure
+            for future in futures:  # a failed one first: result() of a running one would wait for it
+                if future.done() and future.exception() is not None:
+                    future.result()
+            return [f.result() for f in futures]
         except BaseException:
             for worker in set(multiprocessing.active_children()) - before:
                 worker.terminate()

@@ -13,6 +13,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from sandbox.braze_users import SegmentSpec, export_lines
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,12 +90,16 @@ SLOW_SHAPE = textwrap.dedent("""
     signal.signal(signal.SIGTERM, stopped)
     write_part = csv_shape.CsvShaper.write_part
 
-    def slow(self, blocks, *args, **kwargs):  # ~10 s per part: far longer than the stop may take
+    def slow(self, blocks, rows_path, *args, **kwargs):  # ~10 s per part: far longer than the stop may take
+        if sys.argv[3] == "fail" and rows_path.name.endswith(".1.rows"):
+            time.sleep(1)  # long enough for the test to see both workers
+            raise ValueError("worker 2 failed")
+
         def paced(blocks):
             for block in blocks:
                 time.sleep(0.05)
                 yield block
-        return write_part(self, paced(blocks), *args, **kwargs)
+        return write_part(self, paced(blocks), rows_path, *args, **kwargs)
 
     csv_shape.CsvShaper.write_part = slow
     shaper = csv_shape.CsvShaper({"id": "external_id"}, id_field="external_id", timestamp_column="ts",
@@ -103,15 +109,17 @@ SLOW_SHAPE = textwrap.dedent("""
 """)
 
 
-def test_a_stopped_task_stops_its_shaping_workers_at_once(tmp_path):
-    """Airflow stops a running task (cleared, marked failed) with SIGTERM, which raises in the task:
-    the workers are stopped with it, not left to finish their parts first."""
+@pytest.mark.parametrize("how", ["stop", "fail"])
+def test_a_stopped_task_or_a_failed_worker_stops_the_shaping_workers_at_once(tmp_path, how):
+    """Airflow stops a running task (cleared, marked failed) with SIGTERM, which raises in the task;
+    or one worker fails early: the other workers are stopped at once, not left to finish their
+    parts first."""
     lines = list(export_lines(SegmentSpec("stop", 40_000, realistic=True), None))
     export = tmp_path / "export.zip"
     with zipfile.ZipFile(export, "w", zipfile.ZIP_DEFLATED) as zf:
         for n in range(8):
             zf.writestr(f"stop-{n}.json", b"".join(lines[n * 5000:(n + 1) * 5000]))
-    task = subprocess.Popen([sys.executable, "-c", SLOW_SHAPE, str(export), str(tmp_path)], cwd=REPO,
+    task = subprocess.Popen([sys.executable, "-c", SLOW_SHAPE, str(export), str(tmp_path), how], cwd=REPO,
                             stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
     try:
@@ -119,13 +127,16 @@ def test_a_stopped_task_stops_its_shaping_workers_at_once(tmp_path):
         while len(workers := _children(task.pid)) < 2:
             assert task.poll() is None and time.monotonic() < deadline, "the shaping workers never started"
             time.sleep(0.01)
-        time.sleep(0.5)
-        os.kill(task.pid, signal.SIGTERM)
         stopped_at = time.monotonic()
+        if how == "stop":
+            time.sleep(0.5)
+            os.kill(task.pid, signal.SIGTERM)
+            stopped_at = time.monotonic()
         _, err = task.communicate(timeout=30)
         took = time.monotonic() - stopped_at
-        assert task.returncode != 0 and "task stopped" in err, err[-2000:]
-        assert took < 5, f"the task took {took:.1f} s to stop (its workers had ~10 s of work left)"
+        assert task.returncode != 0, err[-2000:]
+        assert ("task stopped" if how == "stop" else "ValueError: worker 2 failed") in err, err[-2000:]
+        assert took < 5, f"the task took {took:.1f} s to end (its other worker had ~10 s of work left)"
         assert not [w for w in workers if _alive(w)]
         assert not list(tmp_path.glob("o.csv*")), "part files left behind"
     finally:
