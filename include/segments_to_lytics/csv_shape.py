@@ -12,13 +12,13 @@ stream through one at a time and duplicates are found from a 64-bit hash per row
 disk and sorted a partition at a time (`duplicate_ids`), with exact comparison only for the few
 rows whose hashes collide.
 
-Cells and the per-record row function are in `csv_cells`, the quarantine file in `quarantine_file`.
+Cells and the per-record row function are in `csv_cells` (and the native `fast_rows.c`), the
+quarantine file in `quarantine_file`, the worker processes in `shape_workers`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 from collections import Counter
@@ -44,11 +44,8 @@ from include.segments_to_lytics.duplicate_ids import (
 )
 from include.segments_to_lytics.export_files import (
     Block,
-    contiguous_runs,
     detect_kind,
     is_blank_line,
-    iter_record_blocks,
-    member_groups,
 )
 from include.segments_to_lytics.quarantine_file import (
     QuarantineRows,
@@ -57,6 +54,7 @@ from include.segments_to_lytics.quarantine_file import (
     quarantine_line,
     rejected_text,
 )
+from include.segments_to_lytics.shape_workers import shape_in_workers, shape_part, work_groups
 
 try:  # built by `pip install .` (setup.py, optional: without a compiler shaping stays in Python)
     from include.segments_to_lytics._fast_rows import RowWriter as _RowWriter
@@ -273,79 +271,6 @@ def _rebuild_shaper(args: dict) -> CsvShaper:
     return CsvShaper(**args)
 
 
-Unit = tuple[Path, "list[str] | None"]  # an export file and the zip members to read (None: all of it)
-
-
-def _shape_part(shaper: CsvShaper, kind: str, units: list[Unit], read_options: dict,
-                rows_path: Path, rejects_path: Path, label: str = "Shaping") -> tuple[ShapeStats, PartRows]:
-    blocks = itertools.chain.from_iterable(iter_record_blocks(path, kind, members, **read_options)
-                                           for path, members in _one_unit_per_file(units))
-    progress = Progress(log, label, total=None, unit="records")
-    try:
-        return shaper.write_part(blocks, rows_path, rejects_path, progress)
-    finally:
-        progress.done()
-
-
-def _shape_in_workers(shaper: CsvShaper, kind: str, groups: list[list[Unit]], read_options: dict,
-                      paths: list[tuple[Path, Path]]) -> list[tuple[ShapeStats, PartRows]]:
-    """Each group in a forked worker process (they start in milliseconds and inherit the imported
-    modules). The first failure - a worker's, or the task being stopped (Airflow's SIGTERM raises
-    here) - stops the other workers at once instead of letting them finish their parts."""
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-
-    before = set(multiprocessing.active_children())
-    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("fork"),
-                             initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
-        try:
-            futures = [pool.submit(_shape_part, shaper, kind, g, read_options, *p,
-                                   label=f"Shaping (worker {i + 1} of {len(groups)})")
-                       for i, (g, p) in enumerate(zip(groups, paths, strict=True))]
-            _import_numpy_meanwhile()  # needed for the duplicate check; the parent is idle now
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:  # a failed one first: result() of a running one would wait for it
-                if future.done() and future.exception() is not None:
-                    future.result()
-            return [f.result() for f in futures]
-        except BaseException:
-            for worker in set(multiprocessing.active_children()) - before:
-                worker.terminate()
-            raise
-
-
-def _end_with_parent(parent: int) -> None:
-    """Pool initializer: a shaping worker exits (within ~0.5 s) once the process that started it is
-    gone - a task SIGKILLed by Airflow or the OOM killer - instead of shaping on and then waiting
-    forever as an orphan, holding a core while the cleared task runs again."""
-    import threading
-    import time
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
-
-
-def _one_unit_per_file(units: list[Unit]) -> list[Unit]:
-    """Neighbouring units of one zip as one: the zip's directory is read once, not once per member."""
-    merged: list[Unit] = []
-    for path, members in units:
-        if merged and merged[-1][0] == path and members is not None and merged[-1][1] is not None:
-            merged[-1] = (path, [*merged[-1][1], *members])
-        else:
-            merged.append((path, members))
-    return merged
-
-
-def _work_groups(exports: list[Path], workers: int) -> list[list[Unit]]:
-    """Contiguous runs of the exports' data files, in export order, one run per worker."""
-    units: list[Unit] = [(path, members) for path in exports for members in member_groups(path, 1 << 30)]
-    return contiguous_runs(units, workers)
-
-
 def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, quarantine_path: Path, *,
                  kind: str | None = None, workers: int = 1, read_options: dict | None = None) -> ShapeStats:
     """Shape a whole export (one file, or the files of a bucket export in export order) into
@@ -362,15 +287,15 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
     exports = [export] if isinstance(export, Path) else list(export)
     kind = kind or detect_kind(exports[0])
     read_options = read_options or {}
-    groups = _work_groups(exports, workers)
+    groups = work_groups(exports, workers)
     paths = [(out_csv.with_name(f"{out_csv.name}.{i}.rows"), out_csv.with_name(f"{out_csv.name}.{i}.rejects"))
              for i in range(len(groups))]
     q_tmp = quarantine_path.with_name(quarantine_path.name + ".part")
     try:
         if len(groups) == 1:
-            results = [_shape_part(shaper, kind, groups[0], read_options, *paths[0])]
+            results = [shape_part(shaper, kind, groups[0], read_options, *paths[0])]
         else:
-            results = _shape_in_workers(shaper, kind, groups, read_options, paths)
+            results = shape_in_workers(shaper, kind, groups, read_options, paths)
         stats = ShapeStats()
         for part_stats, _ in results:
             stats.rows_read += part_stats.rows_read
@@ -407,9 +332,3 @@ def shape_export(export: Path | list[Path], shaper: CsvShaper, out_csv: Path, qu
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # an unwritable quarantine dir: already reported above
             q_tmp.unlink(missing_ok=True)
-
-
-def _import_numpy_meanwhile() -> None:
-    import threading
-
-    threading.Thread(target=__import__, args=("numpy",), daemon=True).start()
