@@ -127,13 +127,8 @@ static const char *scan_object(RowWriter *w, const char *p, const char *end, Nod
             p = scan_value(w, p, end, NULL, depth + 1);
             if (p == STOP) return STOP;
         }
-        p = skip_ws(p, end);
-        if (p < end && *p == ',') {
-            p = skip_ws(p + 1, end);
-            continue;
-        }
-        if (p < end && *p == '}') return p + 1;
-        return STOP;
+        int more = next_item(&p, end, '}');
+        if (more <= 0) return more == 0 ? p : STOP;
     }
 }
 
@@ -152,13 +147,8 @@ static const char *scan_value(RowWriter *w, const char *p, const char *end, Node
             if (p >= end) return STOP;
             p = scan_value(w, p, end, NULL, depth + 1);
             if (p == STOP) return STOP;
-            p = skip_ws(p, end);
-            if (p < end && *p == ',') {
-                p = skip_ws(p + 1, end);
-                continue;
-            }
-            if (p < end && *p == ']') return p + 1;
-            return STOP;
+            int more = next_item(&p, end, ']');
+            if (more <= 0) return more == 0 ? p : STOP;
         }
     case 't':
         return (end - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : STOP;
@@ -201,16 +191,8 @@ static int put_cell(RowWriter *w, Span span) {
             return buf_put(b, p, span.end - p) < 0 ? -1 : 1;
         }
         {
-            char small[64];
-            Py_ssize_t len = span.end - p;
-            if (len >= (Py_ssize_t)sizeof(small)) return 0;
-            memcpy(small, p, len);
-            small[len] = 0;
-            double d = PyOS_string_to_double(small, NULL, NULL);
-            if (d == -1.0 && PyErr_Occurred()) {
-                PyErr_Clear();
-                return 0;
-            }
+            double d;
+            if (!number_value(p, span.end - p, &d)) return 0;
             char *text = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
             if (!text) return -1;
             int r = buf_put(b, text, (Py_ssize_t)strlen(text));

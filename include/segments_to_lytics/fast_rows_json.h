@@ -143,6 +143,21 @@ static const char *scan_string(const char *p, const char *end, int *escaped) {
     return STOP;
 }
 
+/* The number token p[0:len] as Python's float() reads it: 1 (*d set), or 0 for a token it does not
+   take here (longer than 63 characters). */
+static int number_value(const char *p, Py_ssize_t len, double *d) {
+    char small[64];
+    if (len >= (Py_ssize_t)sizeof(small)) return 0;
+    memcpy(small, p, len);
+    small[len] = 0;
+    *d = PyOS_string_to_double(small, NULL, NULL);
+    if (*d == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 /* A number at p. *kind: 0 an integer of <= 18 digits, 1 a longer integer, 2 a fraction/exponent. */
 static const char *scan_number(const char *p, const char *end, int *kind) {
     const char *s = p;
@@ -173,21 +188,27 @@ static const char *scan_number(const char *p, const char *end, int *kind) {
         if (s == x) return STOP;
         exponent = 1;
     }
-    if (exponent || ndigits > 300) { /* could overflow to infinity, which orjson refuses */
-        char small[64];
-        Py_ssize_t len = s - p;
-        if (len >= (Py_ssize_t)sizeof(small)) return STOP;
-        memcpy(small, p, len);
-        small[len] = 0;
-        double d = PyOS_string_to_double(small, NULL, NULL);
-        if (d == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return STOP;
-        }
-        if (!isfinite(d)) return STOP;
-    }
+    double d;
+    if ((exponent || ndigits > 300) && /* could overflow to infinity, which orjson refuses */
+        (!number_value(p, s - p, &d) || !isfinite(d)))
+        return STOP;
     *kind = (exponent || fraction) ? 2 : ndigits > MAX_SHORT_INT ? 1 : 0;
     return s;
+}
+
+/* After an item of an object or array (p just past it): 1 and p on the next item after a comma,
+   0 and p past `close`, or -1 for anything else. */
+static inline int next_item(const char **pp, const char *end, char close) {
+    const char *p = skip_ws(*pp, end);
+    if (p < end && *p == ',') {
+        *pp = skip_ws(p + 1, end);
+        return 1;
+    }
+    if (p < end && *p == close) {
+        *pp = p + 1;
+        return 0;
+    }
+    return -1;
 }
 
 /* ---- writing cells ---------------------------------------------------------------------- */
